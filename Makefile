@@ -1,0 +1,90 @@
+# Understudy Training Service. `make demo` runs one real training job end to end on this
+# machine; `make test` runs every test. Both install what they need first.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+PULUMI_VERSION := v3.274.1
+PROVIDER_VERSION := $(shell cat provider/version 2>/dev/null || echo 0.1.0)
+GO ?= go
+BIN := $(CURDIR)/bin
+DATA_DIR ?= $(CURDIR)/.understudy
+# Root does not need sudo; anyone else does for the Debian packages.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './build/*' 2>/dev/null) go.mod go.sum
+RUNTIME_SOURCES := $(shell find trainer -type f -not -path '*/__pycache__/*' 2>/dev/null)
+
+.PHONY: build deps pyenv tiny-model test test-go test-python demo bench bench-go bench-train clean lint
+
+## deps: Debian packages the service and its tests use (OpenSSH server and clients, curl).
+deps:
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v curl >/dev/null || ! command -v sftp >/dev/null; then \
+	  echo "installing openssh-server, openssh-client, curl"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssh-server openssh-client curl >/dev/null; \
+	fi
+
+## build: the service, the pinned Pulumi CLI and the in-repo provider plugin, in bin/.
+build: $(BIN)/understudy-train $(BIN)/pulumi $(BIN)/pulumi-resource-understudy
+
+$(BIN)/understudy-train: $(GO_SOURCES) $(RUNTIME_SOURCES)
+	$(GO) build -o $@ -ldflags "-X main.Version=$$(git describe --always --dirty 2>/dev/null || echo dev)" ./cmd/understudy-train
+
+$(BIN)/pulumi-resource-understudy: $(GO_SOURCES)
+	$(GO) build -o $@ ./cmd/pulumi-resource-understudy
+
+# The Pulumi CLI is built from the Go module proxy at the pinned version (tools/pulumi);
+# the version flag matters: the Automation API refuses a CLI without it.
+$(BIN)/pulumi: tools/pulumi/go.mod tools/pulumi/go.sum
+	cd tools/pulumi && $(GO) build -o $@ -ldflags "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$(PULUMI_VERSION)" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi
+	@$@ version
+
+## pyenv: the training runtime's Python environment, cached outside the clone.
+pyenv:
+	@scripts/pyenv.sh >/dev/null
+
+PYTHON = $$(scripts/pyenv.sh)/bin/python
+
+## tiny-model: a tiny GPT-2-architecture model built locally at build/tiny-gpt2.
+tiny-model: pyenv
+	$(PYTHON) trainer/tools/make_tiny_model.py --data examples/sample-pairs.jsonl --out build/tiny-gpt2
+
+build/tiny-gpt2/config.json: examples/sample-pairs.jsonl trainer/tools/make_tiny_model.py
+	@$(MAKE) --no-print-directory tiny-model
+
+## test: every Go and Python test.
+test: deps build pyenv build/tiny-gpt2/config.json
+	$(MAKE) --no-print-directory test-go test-python
+
+test-go:
+	UNDERSTUDY_BIN=$(BIN) UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) UNDERSTUDY_TINY_MODEL=$(CURDIR)/build/tiny-gpt2 \
+	  $(GO) test -count=1 -timeout 30m ./...
+
+test-python:
+	cd trainer && $(PYTHON) -m pytest -q tests
+
+## demo: one real training job end to end on the local provider.
+demo: deps build pyenv build/tiny-gpt2/config.json
+	UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) scripts/demo.sh
+
+## bench: control-plane overhead, weight download and concurrency benchmarks.
+bench: deps build pyenv build/tiny-gpt2/config.json bench-go
+
+bench-go:
+	UNDERSTUDY_BIN=$(BIN) UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) UNDERSTUDY_TINY_MODEL=$(CURDIR)/build/tiny-gpt2 \
+	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./sshrunner/ ./bench/
+
+## bench-train: training runtime throughput vs a plain Hugging Face Trainer baseline.
+bench-train: pyenv build/tiny-gpt2/config.json
+	$(PYTHON) trainer/bench/bench_train.py
+
+## plugin: install the provider plugin into the data dir's PULUMI_HOME for operators.
+plugin: build
+	PULUMI_HOME=$(DATA_DIR)/pulumi-home $(BIN)/pulumi plugin install resource understudy $(PROVIDER_VERSION) -f $(BIN)/pulumi-resource-understudy
+
+lint:
+	gofmt -l $$(git ls-files '*.go')
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin build

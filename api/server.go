@@ -1,0 +1,150 @@
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/understudy-ai/training-service/job"
+	"github.com/understudy-ai/training-service/lifecycle"
+	"github.com/understudy-ai/training-service/store"
+)
+
+// Service is what the API needs from the service behind it.
+type Service interface {
+	Submit(ctx context.Context, req lifecycle.StartRequest) (*job.Job, bool, error)
+	Get(ctx context.Context, trainID string) (*job.Job, error)
+	List(ctx context.Context, p store.JobListParams) ([]*job.Job, string, error)
+	Cancel(ctx context.Context, trainID string) (*job.Job, error)
+	Complete(ctx context.Context, trainID, token string, exitCode *int) (*job.Job, error)
+	Events(ctx context.Context, trainID string) ([]job.Event, error)
+	Logs(ctx context.Context, trainID string, after int64, limit int) ([]store.LogLine, error)
+	Stacks(ctx context.Context) ([]lifecycle.StackInfo, error)
+	Ready(ctx context.Context) error
+}
+
+// Options configure a Server.
+type Options struct {
+	// Token is the bearer token every /api/v1 call but the internal completed one needs.
+	Token string
+	// Providers lists the provider names a start request may ask for.
+	Providers []string
+	// MaxBodyBytes bounds a request body; 0 means 64 MiB.
+	MaxBodyBytes int64
+	// PollInterval is how often the log stream looks for news; 0 means 500ms.
+	PollInterval time.Duration
+	Logger       *slog.Logger
+}
+
+// Server is the HTTP API.
+type Server struct {
+	svc       Service
+	tokenHash [32]byte
+	providers map[string]bool
+	maxBody   int64
+	poll      time.Duration
+	log       *slog.Logger
+	router    *mux.Router
+}
+
+// New returns the API handler.
+func New(svc Service, opts Options) *Server {
+	s := &Server{
+		svc:       svc,
+		tokenHash: sha256.Sum256([]byte(opts.Token)),
+		providers: map[string]bool{},
+		maxBody:   opts.MaxBodyBytes,
+		poll:      opts.PollInterval,
+		log:       opts.Logger,
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = 64 << 20
+	}
+	if s.poll <= 0 {
+		s.poll = 500 * time.Millisecond
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	for _, p := range opts.Providers {
+		s.providers[p] = true
+	}
+	r := mux.NewRouter()
+	r.HandleFunc("/healthz", s.healthz).Methods(http.MethodGet)
+	r.HandleFunc("/readyz", s.readyz).Methods(http.MethodGet)
+	// The machine's own signal carries the per-job token, not the API token.
+	r.HandleFunc("/api/v1/training/{train_id}/completed", s.completed).Methods(http.MethodPost)
+	v1 := r.PathPrefix("/api/v1").Subrouter()
+	v1.Use(s.authenticate)
+	v1.HandleFunc("/training", s.list).Methods(http.MethodGet)
+	v1.HandleFunc("/training/start", s.start).Methods(http.MethodPost)
+	v1.HandleFunc("/training/{train_id}/status", s.status).Methods(http.MethodGet)
+	v1.HandleFunc("/training/{train_id}/cancel", s.cancel).Methods(http.MethodPost)
+	v1.HandleFunc("/training/{train_id}/events", s.events).Methods(http.MethodGet)
+	v1.HandleFunc("/training/{train_id}/logs", s.logs).Methods(http.MethodGet)
+	v1.HandleFunc("/stacks", s.stacks).Methods(http.MethodGet)
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, ErrorBody{ErrorDetail{Code: "not_found", Message: "no such endpoint: " + r.URL.Path}})
+	})
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusMethodNotAllowed, ErrorBody{ErrorDetail{Code: "method_not_allowed", Message: r.Method + " is not allowed on " + r.URL.Path}})
+	})
+	s.router = r
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			s.log.Error("handler panicked", "path", r.URL.Path, "panic", v)
+			writeJSON(w, http.StatusInternalServerError, ErrorBody{ErrorDetail{Code: "internal", Message: "internal error"}})
+		}
+	}()
+	s.router.ServeHTTP(w, r)
+}
+
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
+}
+
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := bearer(r)
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || subtle.ConstantTimeCompare(sum[:], s.tokenHash[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="understudy"`)
+			s.writeError(w, r, fail(job.CodeUnauthenticated, "unauthenticated", "a valid bearer token is required"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	if err := s.svc.Ready(ctx); err != nil {
+		s.log.Warn("not ready", "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{ErrorDetail{Code: "not_ready", Message: "the job store does not answer"}})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}

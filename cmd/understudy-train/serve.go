@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/understudy-ai/training-service/api"
+	"github.com/understudy-ai/training-service/lifecycle"
+	"github.com/understudy-ai/training-service/programs"
+	"github.com/understudy-ai/training-service/stacks"
+	"github.com/understudy-ai/training-service/storage"
+	"github.com/understudy-ai/training-service/store/sqlite"
+	"github.com/understudy-ai/training-service/trainer"
+)
+
+// Config is the service's configuration: defaults in code, flags and environment on top.
+type Config struct {
+	Listen        string
+	DataDir       string
+	TokenFile     string
+	PublicURL     string
+	MaxConcurrent int
+	WeightsURL    string
+	BackendURL    string
+	PulumiBin     string
+	PluginBin     string
+	LocalPython   string
+	LogFormat     string
+	LogLevel      string
+}
+
+// Validate names the first bad field.
+func (c *Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("--listen %q: want host:port", c.Listen)
+	}
+	if c.DataDir == "" {
+		return errors.New("--data-dir must not be empty")
+	}
+	if c.MaxConcurrent < 1 || c.MaxConcurrent > 1000 {
+		return fmt.Errorf("--max-concurrent %d: want 1..1000", c.MaxConcurrent)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cfg Config
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Listen, "listen", envOr("UNDERSTUDY_LISTEN", "127.0.0.1:8080"), "address to listen on")
+	fs.StringVar(&cfg.DataDir, "data-dir", envOr("UNDERSTUDY_DATA_DIR", "./.understudy"), "directory for the job store, Pulumi state, weights and per-job keys")
+	fs.StringVar(&cfg.TokenFile, "token-file", os.Getenv("UNDERSTUDY_API_TOKEN_FILE"), "file holding the API token (default: $UNDERSTUDY_API_TOKEN, else <data-dir>/api-token, made if missing)")
+	fs.StringVar(&cfg.PublicURL, "public-url", os.Getenv("UNDERSTUDY_PUBLIC_URL"), "base URL at which training machines reach this service (default http://<listen>)")
+	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "jobs that may hold a machine at once")
+	fs.StringVar(&cfg.WeightsURL, "weights-url", os.Getenv("UNDERSTUDY_WEIGHTS_URL"), "weights store URL (default file://<data-dir>/weights)")
+	fs.StringVar(&cfg.BackendURL, "backend-url", os.Getenv("PULUMI_BACKEND_URL"), "Pulumi state backend (default file://<data-dir>/pulumi)")
+	fs.StringVar(&cfg.PulumiBin, "pulumi", os.Getenv("UNDERSTUDY_PULUMI"), "Pulumi CLI (default: pulumi next to this binary, else PATH)")
+	fs.StringVar(&cfg.PluginBin, "provider-plugin", os.Getenv("UNDERSTUDY_PROVIDER_PLUGIN"), "pulumi-resource-understudy (default: next to this binary)")
+	fs.StringVar(&cfg.LocalPython, "local-python", os.Getenv("UNDERSTUDY_LOCAL_PYTHON"), "Python interpreter for jobs on the local provider (default: bootstrap one)")
+	fs.StringVar(&cfg.LogFormat, "log-format", envOr("UNDERSTUDY_LOG_FORMAT", "text"), "text or json")
+	fs.StringVar(&cfg.LogLevel, "log-level", envOr("UNDERSTUDY_LOG_LEVEL", "info"), "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("serve takes no arguments")
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageError(err.Error())
+	}
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(cfg.LogLevel))
+	hopts := &slog.HandlerOptions{Level: lvl}
+	var log *slog.Logger
+	if cfg.LogFormat == "json" {
+		log = slog.New(slog.NewJSONHandler(stderr, hopts))
+	} else {
+		log = slog.New(slog.NewTextHandler(stderr, hopts))
+	}
+
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("resolve data dir: %w", err)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	token, err := apiToken(cfg.TokenFile, dataDir, log)
+	if err != nil {
+		return err
+	}
+	passphrase, err := secretFromEnvOrFile("PULUMI_CONFIG_PASSPHRASE", filepath.Join(dataDir, "pulumi-passphrase"))
+	if err != nil {
+		return err
+	}
+	if cfg.WeightsURL == "" {
+		cfg.WeightsURL = "file://" + filepath.Join(dataDir, "weights")
+	}
+	if cfg.BackendURL == "" {
+		cfg.BackendURL = "file://" + filepath.Join(dataDir, "pulumi")
+		if err := os.MkdirAll(filepath.Join(dataDir, "pulumi"), 0o700); err != nil {
+			return fmt.Errorf("create state dir: %w", err)
+		}
+	}
+	if cfg.PublicURL == "" {
+		cfg.PublicURL = "http://" + cfg.Listen
+	}
+
+	st, err := sqlite.Open(ctx, filepath.Join(dataDir, "jobs.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	weights, err := storage.OpenWeights(ctx, cfg.WeightsURL)
+	if err != nil {
+		return err
+	}
+	defer weights.Close()
+	mgr, err := stacks.Open(ctx, stacks.Config{
+		BackendURL: cfg.BackendURL,
+		Home:       filepath.Join(dataDir, "pulumi-home"),
+		PulumiBin:  cfg.PulumiBin,
+		PluginBin:  cfg.PluginBin,
+		Passphrase: passphrase,
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+	prov := lifecycle.NewStackProvisioner(mgr, programs.Local{BaseDir: filepath.Join(dataDir, "workers")})
+	drv, err := lifecycle.New(lifecycle.Config{
+		DataDir:       dataDir,
+		MaxConcurrent: cfg.MaxConcurrent,
+		Runtime:       trainer.FS(),
+		WeightsURL:    weights.BaseURI,
+		CallbackURL:   cfg.PublicURL,
+		Python:        map[string]string{"local": cfg.LocalPython},
+	}, st, prov, lifecycle.NewSSHConnector(weights.Bucket, log), log)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           api.New(drv, api.Options{Token: token, Providers: programs.Names(), Logger: log}),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	if err := drv.Start(ctx); err != nil {
+		ln.Close()
+		return err
+	}
+	log.Info("serving", "listen", ln.Addr().String(), "data_dir", dataDir, "backend", cfg.BackendURL, "weights", weights.BaseURI)
+	fmt.Fprintf(stdout, "understudy-train serving on http://%s (data in %s)\n", ln.Addr(), dataDir)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	// First signal drains: stop taking requests, stop following jobs (their machines keep
+	// running; the next start reattaches). A second signal aborts (the default handler).
+	log.Info("shutting down; running jobs resume at the next start")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	return drv.Stop(sctx)
+}
+
+// apiToken returns the API token from the environment, the token file, or a new one made
+// and written 0600 into the data dir.
+func apiToken(tokenFile, dataDir string, log *slog.Logger) (string, error) {
+	if t := strings.TrimSpace(os.Getenv("UNDERSTUDY_API_TOKEN")); t != "" {
+		return t, nil
+	}
+	if tokenFile != "" {
+		return readSecretFile(tokenFile)
+	}
+	p := filepath.Join(dataDir, "api-token")
+	if t, err := readSecretFile(p); err == nil {
+		log.Info("using the API token", "file", p)
+		return t, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	t := randomHex(32)
+	if err := os.WriteFile(p, []byte(t+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write API token: %w", err)
+	}
+	log.Info("made a new API token", "file", p)
+	return t, nil
+}
+
+// secretFromEnvOrFile reads a secret from env, else from file, else makes one in file.
+func secretFromEnvOrFile(env, file string) (string, error) {
+	if v := os.Getenv(env); v != "" {
+		return v, nil
+	}
+	if v, err := readSecretFile(file); err == nil {
+		return v, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	v := randomHex(32)
+	if err := os.WriteFile(file, []byte(v+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write %s: %w", file, err)
+	}
+	return v, nil
+}
+
+// readSecretFile reads a secret, refusing a file that others can read.
+func readSecretFile(p string) (string, error) {
+	st, err := os.Stat(p)
+	if err != nil {
+		return "", err
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("secret file %s is readable by others (mode %o); chmod 600 it", p, st.Mode().Perm())
+	}
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		return "", err
+	}
+	t := strings.TrimSpace(string(raw))
+	if t == "" {
+		return "", fmt.Errorf("secret file %s is empty", p)
+	}
+	return t, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

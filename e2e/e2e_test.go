@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func startBody(id, model, dataset string, pairs int, hp map[string]any) map[string]any {
+	return map[string]any{
+		"train_id": id, "endpoint_id": "ep-e2e", "version": 1, "training_pairs_count": pairs,
+		"slm_type": model, "source_llm": "gpt-3.5-turbo", "provider": "local",
+		"dataset_uri": "file://" + dataset, "hyperparameters": hp,
+	}
+}
+
+// assertTornDown checks that nothing of the job is left: no stack (through the API and
+// through the Pulumi CLI an operator would use), no process, no key.
+func assertTornDown(t *testing.T, s *service, id string) {
+	t.Helper()
+	if names := s.stackNames(); slices.Contains(names, id) {
+		t.Errorf("stack %s still listed: %v", id, names)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if ls := s.pulumiStackLs(ctx); strings.Contains(ls, `"`+id+`"`) {
+		t.Errorf("pulumi stack ls still shows %s:\n%s", id, ls)
+	}
+	if pids := s.processes(); s.cmd != nil && len(pids) > 1 || s.cmd == nil && len(pids) > 0 {
+		t.Errorf("processes of the data dir still running: %v", pids)
+	}
+	if _, err := os.Stat(filepath.Join(s.data, "keys", id)); !os.IsNotExist(err) {
+		t.Errorf("key dir of %s still exists (%v)", id, err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(s.data, "workers")); len(entries) > 0 {
+		t.Errorf("worker dirs left: %v", entries)
+	}
+}
+
+func TestTrainEndToEnd(t *testing.T) {
+	bin, python, model := prerequisites(t)
+	s := newService(t, bin, python)
+	s.start()
+	dataset := writePairs(t, 48)
+	var j jobView
+	code := s.request("POST", "/api/v1/training/start", startBody("e2e-ok", model, dataset, 48,
+		map[string]any{"epochs": 2, "max_seq_len": 64, "batch_size": 8}), &j)
+	if code != 202 {
+		t.Fatalf("start: %d %+v", code, j)
+	}
+	j = s.waitFor("e2e-ok", 5*time.Minute, "a terminal status", func(j jobView) bool {
+		return j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled"
+	})
+	if j.Status != "completed" {
+		t.Fatalf("job ended %s: %+v", j.Status, j.Error)
+	}
+	if j.Progress.Step == 0 || j.Progress.Step != j.Progress.TotalSteps || j.Machine == nil || j.Machine.InstanceID == "" {
+		t.Fatalf("progress/machine not recorded: %+v %+v", j.Progress, j.Machine)
+	}
+	root := strings.TrimPrefix(j.WeightsURI, "file://")
+	if root != filepath.Join(s.data, "weights", "ep-e2e", "v1", "e2e-ok")+"/" {
+		t.Fatalf("weights_uri = %s", j.WeightsURI)
+	}
+	var sawWeights, sawManifest bool
+	for _, f := range j.Manifest.Files {
+		raw, err := os.ReadFile(filepath.Join(root, f.Path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(raw)
+		if hex.EncodeToString(sum[:]) != f.SHA256 || int64(len(raw)) != f.Size {
+			t.Errorf("%s does not match its manifest entry", f.Path)
+		}
+		sawWeights = sawWeights || strings.HasSuffix(f.Path, ".safetensors")
+		sawManifest = sawManifest || f.Path == "manifest.json"
+	}
+	if !sawWeights || !sawManifest {
+		t.Fatalf("weights or manifest.json missing: %+v", j.Manifest.Files)
+	}
+	for _, k := range []string{"eval_loss_before", "eval_loss_after", "eos_rate"} {
+		if _, ok := j.Manifest.Metrics[k]; !ok {
+			t.Errorf("metric %s missing: %v", k, j.Manifest.Metrics)
+		}
+	}
+	assertTornDown(t, s, "e2e-ok")
+	var evs struct {
+		Events []struct{ Type, Status string } `json:"events"`
+	}
+	s.request("GET", "/api/v1/training/e2e-ok/events", nil, &evs)
+	var statuses []string
+	for _, e := range evs.Events {
+		if e.Type == "status" {
+			statuses = append(statuses, e.Status)
+		}
+	}
+	want := []string{"queued", "provisioning", "uploading", "training", "downloading", "tearing_down", "completed"}
+	if !slices.Equal(statuses, want) {
+		t.Fatalf("status events %v, want %v", statuses, want)
+	}
+}
+
+func TestCancelMidTraining(t *testing.T) {
+	bin, python, model := prerequisites(t)
+	s := newService(t, bin, python)
+	s.start()
+	dataset := writePairs(t, 400)
+	if code := s.request("POST", "/api/v1/training/start", startBody("e2e-cancel", model, dataset, 400,
+		map[string]any{"epochs": 100, "max_seq_len": 64, "batch_size": 4}), nil); code != 202 {
+		t.Fatalf("start: %d", code)
+	}
+	s.waitFor("e2e-cancel", 5*time.Minute, "training steps", func(j jobView) bool {
+		return j.Status == "training" && j.Progress.Step >= 1
+	})
+	if code := s.request("POST", "/api/v1/training/e2e-cancel/cancel", nil, nil); code != 202 {
+		t.Fatalf("cancel: %d", code)
+	}
+	j := s.waitFor("e2e-cancel", 3*time.Minute, "cancelled", func(j jobView) bool { return j.Status == "cancelled" || j.Status == "failed" })
+	if j.Status != "cancelled" {
+		t.Fatalf("ended %s: %+v", j.Status, j.Error)
+	}
+	assertTornDown(t, s, "e2e-cancel")
+}
+
+func TestServiceKilledMidTrainingResumes(t *testing.T) {
+	bin, python, model := prerequisites(t)
+	s := newService(t, bin, python)
+	s.start()
+	dataset := writePairs(t, 200)
+	if code := s.request("POST", "/api/v1/training/start", startBody("e2e-restart", model, dataset, 200,
+		map[string]any{"epochs": 4, "max_seq_len": 64, "batch_size": 4}), nil); code != 202 {
+		t.Fatalf("start: %d", code)
+	}
+	before := s.waitFor("e2e-restart", 5*time.Minute, "training steps", func(j jobView) bool {
+		return j.Status == "training" && j.Progress.Step >= 1
+	})
+	s.kill()
+	// The machine and its detached run outlive the service.
+	if pids := s.processes(); len(pids) == 0 {
+		t.Fatal("the job's machine died with the service")
+	}
+	s.start()
+	j := s.waitFor("e2e-restart", 5*time.Minute, "a terminal status", func(j jobView) bool {
+		return j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled"
+	})
+	if j.Status != "completed" || j.Progress.Step < before.Progress.Step {
+		t.Fatalf("after restart: %s %+v (progress %+v)", j.Status, j.Error, j.Progress)
+	}
+	if j.Machine.InstanceID != before.Machine.InstanceID {
+		t.Fatalf("a new machine was made: %s vs %s", j.Machine.InstanceID, before.Machine.InstanceID)
+	}
+	assertTornDown(t, s, "e2e-restart")
+}

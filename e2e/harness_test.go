@@ -1,0 +1,294 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// prerequisites returns the bin dir, the runtime's Python and the tiny model, skipping the
+// test when they are not built — except in CI, where a missing part is a failure.
+func prerequisites(t *testing.T) (bin, python, model string) {
+	t.Helper()
+	root, _ := filepath.Abs("..")
+	bin = envOr("UNDERSTUDY_BIN", filepath.Join(root, "bin"))
+	python = os.Getenv("UNDERSTUDY_LOCAL_PYTHON")
+	model = envOr("UNDERSTUDY_TINY_MODEL", filepath.Join(root, "build", "tiny-gpt2"))
+	missing := []string{}
+	for _, p := range []string{filepath.Join(bin, "understudy-train"), filepath.Join(bin, "pulumi"), filepath.Join(bin, "pulumi-resource-understudy"), filepath.Join(model, "config.json"), "/usr/sbin/sshd"} {
+		if _, err := os.Stat(p); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	if python == "" {
+		missing = append(missing, "UNDERSTUDY_LOCAL_PYTHON")
+	}
+	if len(missing) > 0 {
+		msg := "end-to-end prerequisites missing (run through `make test`): " + strings.Join(missing, ", ")
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return bin, python, model
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// service is one understudy-train serve process.
+type service struct {
+	t      *testing.T
+	bin    string
+	python string
+	data   string
+	addr   string
+	token  string
+	cmd    *exec.Cmd
+	log    *bytes.Buffer
+}
+
+func newService(t *testing.T, bin, python string) *service {
+	t.Helper()
+	// The data dir must not be group- or world-writable anywhere up its path (sshd's
+	// StrictModes), so it is made 0700 under the test's temp dir.
+	data := filepath.Join(t.TempDir(), "data")
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s := &service{t: t, bin: bin, python: python, data: data, token: "e2e-token-" + strconv.Itoa(os.Getpid())}
+	// Registered before anything starts: end every process of this data dir, by pid.
+	t.Cleanup(s.cleanup)
+	return s
+}
+
+func freePort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func (s *service) start() {
+	s.t.Helper()
+	if s.addr == "" {
+		s.addr = freePort(s.t)
+	}
+	s.log = &bytes.Buffer{}
+	cmd := exec.Command(filepath.Join(s.bin, "understudy-train"), "serve", "--listen", s.addr, "--data-dir", s.data, "--max-concurrent", "4")
+	cmd.Env = append(os.Environ(), "UNDERSTUDY_API_TOKEN="+s.token, "UNDERSTUDY_LOCAL_PYTHON="+s.python)
+	cmd.Stdout = s.log
+	cmd.Stderr = s.log
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.cmd = cmd
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + s.addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("service did not become ready:\n%s", s.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// kill ends the service abruptly, as a crash would.
+func (s *service) kill() {
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	s.cmd.Wait()
+	s.cmd = nil
+}
+
+// stop ends the service as an operator would.
+func (s *service) stop() {
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
+	}
+	s.cmd = nil
+}
+
+// cleanup stops the service, then ends any process still running from this data dir:
+// each is found by its pid and its command line or environment naming the data dir.
+func (s *service) cleanup() {
+	s.stop()
+	if s.t.Failed() && s.log != nil {
+		s.t.Logf("service log:\n%s", s.log)
+	}
+	for _, pid := range s.processes() {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// processes lists the pids whose command line or environment mention the data dir.
+func (s *service) processes() []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		environ, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if bytes.Contains(cmdline, []byte(s.data)) || bytes.Contains(environ, []byte("UNDERSTUDY_WORKER="+s.data)) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func (s *service) request(method, path string, body any, out any) int {
+	s.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		raw, _ := json.Marshal(body)
+		rd = bytes.NewReader(raw)
+	}
+	req, _ := http.NewRequest(method, "http://"+s.addr+path, rd)
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			s.t.Fatalf("%s %s: %v: %s", method, path, err, raw)
+		}
+	}
+	return resp.StatusCode
+}
+
+type jobView struct {
+	TrainID  string `json:"train_id"`
+	Status   string `json:"status"`
+	Progress struct {
+		Step       int      `json:"step"`
+		TotalSteps int      `json:"total_steps"`
+		Loss       *float64 `json:"loss"`
+	} `json:"progress"`
+	Machine *struct {
+		InstanceID string `json:"instance_id"`
+		Port       int    `json:"port"`
+	} `json:"machine"`
+	WeightsURI string `json:"weights_uri"`
+	Manifest   *struct {
+		Files []struct {
+			Path   string `json:"path"`
+			Size   int64  `json:"size"`
+			SHA256 string `json:"sha256"`
+		} `json:"files"`
+		Metrics map[string]any `json:"metrics"`
+	} `json:"weights_manifest"`
+	Error *struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func (s *service) job(id string) jobView {
+	var j jobView
+	if code := s.request("GET", "/api/v1/training/"+id+"/status", nil, &j); code != 200 {
+		s.t.Fatalf("status %s: %d", id, code)
+	}
+	return j
+}
+
+// waitFor polls until cond holds for the job or the deadline passes.
+func (s *service) waitFor(id string, timeout time.Duration, what string, cond func(jobView) bool) jobView {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		j := s.job(id)
+		if cond(j) {
+			return j
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("job %s: waited %s for %s; it is %s (error %+v)", id, timeout, what, j.Status, j.Error)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (s *service) stackNames() []string {
+	var out struct {
+		Stacks []struct{ Name string } `json:"stacks"`
+	}
+	if code := s.request("GET", "/api/v1/stacks", nil, &out); code != 200 {
+		s.t.Fatalf("stacks: %d", code)
+	}
+	var names []string
+	for _, st := range out.Stacks {
+		names = append(names, st.Name)
+	}
+	return names
+}
+
+// pulumiStackLs lists the stacks as an operator would, with the pinned CLI and the backend.
+func (s *service) pulumiStackLs(ctx context.Context) string {
+	passphrase, _ := os.ReadFile(filepath.Join(s.data, "pulumi-passphrase"))
+	cmd := exec.CommandContext(ctx, filepath.Join(s.bin, "pulumi"), "stack", "ls", "--all", "--json")
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(),
+		"PULUMI_BACKEND_URL=file://"+filepath.Join(s.data, "pulumi"),
+		"PULUMI_HOME="+filepath.Join(s.data, "pulumi-home"),
+		"PULUMI_CONFIG_PASSPHRASE="+strings.TrimSpace(string(passphrase)),
+		"PULUMI_SKIP_UPDATE_CHECK=true")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		s.t.Fatalf("pulumi stack ls: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// writePairs writes n learnable pairs and returns the path.
+func writePairs(t *testing.T, n int) string {
+	p := filepath.Join(t.TempDir(), "pairs.jsonl")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := bufio.NewWriter(f)
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(w, `{"prompt":"What is %d plus %d?","response":"%d plus %d is %d."}`+"\n", i, i+1, i, i+1, 2*i+1)
+	}
+	w.Flush()
+	return p
+}

@@ -1,0 +1,227 @@
+package job
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Status is where a job is in its life.
+type Status string
+
+const (
+	StatusQueued       Status = "queued"
+	StatusProvisioning Status = "provisioning"
+	StatusUploading    Status = "uploading"
+	StatusTraining     Status = "training"
+	StatusDownloading  Status = "downloading"
+	StatusTearingDown  Status = "tearing_down"
+	StatusCompleted    Status = "completed"
+	StatusFailed       Status = "failed"
+	StatusCancelled    Status = "cancelled"
+)
+
+// Statuses lists every status in lifecycle order.
+var Statuses = []Status{
+	StatusQueued, StatusProvisioning, StatusUploading, StatusTraining, StatusDownloading,
+	StatusTearingDown, StatusCompleted, StatusFailed, StatusCancelled,
+}
+
+// Terminal reports whether no further transition can leave s. A job only becomes terminal
+// after its stack has been destroyed (or destroy failed for good, see ReasonTeardownFailed).
+func (s Status) Terminal() bool {
+	return s == StatusCompleted || s == StatusFailed || s == StatusCancelled
+}
+
+// Valid reports whether s is a known status.
+func (s Status) Valid() bool {
+	for _, v := range Statuses {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// transitions is the one table of allowed moves. Every path to a terminal state passes
+// through tearing_down, so no job is terminal while its machine may still exist — except
+// queued → cancelled/failed, where no stack was ever created.
+var transitions = map[Status][]Status{
+	StatusQueued:       {StatusProvisioning, StatusCancelled, StatusFailed},
+	StatusProvisioning: {StatusUploading, StatusTearingDown},
+	StatusUploading:    {StatusTraining, StatusTearingDown},
+	StatusTraining:     {StatusDownloading, StatusTearingDown},
+	StatusDownloading:  {StatusTearingDown},
+	StatusTearingDown:  {StatusCompleted, StatusFailed, StatusCancelled},
+}
+
+// CanTransition reports whether the table allows from → to.
+func CanTransition(from, to Status) bool {
+	for _, s := range transitions[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckTransition returns a FailedPrecondition error when from → to is not allowed.
+func CheckTransition(from, to Status) error {
+	if !CanTransition(from, to) {
+		return &Error{Code: CodeFailedPrecondition, Reason: "invalid_transition",
+			Message: fmt.Sprintf("job cannot move from %s to %s", from, to)}
+	}
+	return nil
+}
+
+// Reasons reported in a failed job's error.
+const (
+	ReasonTeardownFailed   = "teardown_failed"
+	ReasonProvisionFailed  = "provision_failed"
+	ReasonUploadFailed     = "upload_failed"
+	ReasonTrainingFailed   = "training_failed"
+	ReasonDownloadFailed   = "download_failed"
+	ReasonMachineLost      = "machine_lost"
+	ReasonTimeout          = "timeout"
+	ReasonInterrupted      = "interrupted"
+	ReasonCancelled        = "cancelled"
+	ReasonInvalidDataset   = "invalid_dataset"
+	ReasonInternal         = "internal"
+	ReasonCompletedSignal  = "completed_signal"
+	ReasonVerifyFailed     = "verify_failed"
+	ReasonPreempted        = "preempted"
+	ReasonInvalidModel     = "invalid_model"
+	ReasonInvalidHyperpara = "invalid_hyperparameters"
+)
+
+// IDPattern is what a train_id must match. It doubles as the stack name, a directory name
+// and a storage path segment, so it is deliberately narrow.
+var IDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+// Hyperparameters are the optional knobs a caller may set; nil means "pick a default".
+type Hyperparameters struct {
+	Epochs       *int     `json:"epochs,omitempty"`
+	LearningRate *float64 `json:"learning_rate,omitempty"`
+	BatchSize    *int     `json:"batch_size,omitempty"`
+	MaxSeqLen    *int     `json:"max_seq_len,omitempty"`
+}
+
+// Spec is what a caller asked for. It is immutable once the job exists; its Fingerprint
+// decides whether a repeated start is the same request (200) or a conflict (409).
+type Spec struct {
+	TrainID            string           `json:"train_id"`
+	EndpointID         string           `json:"endpoint_id"`
+	Version            int              `json:"version"`
+	TrainingPairsCount int              `json:"training_pairs_count"`
+	SLMType            string           `json:"slm_type"`
+	SourceLLM          string           `json:"source_llm"`
+	Provider           string           `json:"provider"`
+	DatasetURI         string           `json:"dataset_uri,omitempty"`
+	Hyperparameters    *Hyperparameters `json:"hyperparameters,omitempty"`
+	MaxDurationSeconds int              `json:"max_duration_seconds,omitempty"`
+	// Fingerprint is the sha256 of the canonical request, data included.
+	Fingerprint string `json:"fingerprint"`
+	// DatasetSHA256 is the hash of the dataset as the service stored it.
+	DatasetSHA256 string `json:"dataset_sha256"`
+}
+
+// Progress is the latest training progress folded from the runtime's progress stream.
+type Progress struct {
+	Step            int      `json:"step"`
+	TotalSteps      int      `json:"total_steps"`
+	Epoch           float64  `json:"epoch"`
+	Loss            *float64 `json:"loss"`
+	EvalLoss        *float64 `json:"eval_loss"`
+	TokensPerSecond float64  `json:"tokens_per_second"`
+	ETASeconds      *float64 `json:"eta_seconds"`
+}
+
+// Machine describes the machine a job runs on, once provisioned.
+type Machine struct {
+	InstanceID     string  `json:"instance_id,omitempty"`
+	Host           string  `json:"host,omitempty"`
+	Port           int     `json:"port,omitempty"`
+	User           string  `json:"user,omitempty"`
+	HostKey        string  `json:"host_key,omitempty"`
+	WorkDir        string  `json:"work_dir,omitempty"`
+	GPU            string  `json:"gpu,omitempty"`
+	HourlyPriceUSD float64 `json:"hourly_price_usd,omitempty"`
+}
+
+// ManifestFile is one stored weights file.
+type ManifestFile struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Manifest lists the stored weights and the training metrics.
+type Manifest struct {
+	Files   []ManifestFile `json:"files"`
+	Metrics map[string]any `json:"metrics,omitempty"`
+}
+
+// Failure is the client-visible error of a failed job.
+type Failure struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Job is a training job as stored.
+type Job struct {
+	Spec
+	Status Status `json:"status"`
+	// Revision increases on every write; stores use it for compare-and-set.
+	Revision        int64                `json:"-"`
+	Progress        Progress             `json:"progress"`
+	Machine         *Machine             `json:"machine,omitempty"`
+	CostUSD         float64              `json:"cost_usd"`
+	WeightsURI      string               `json:"weights_uri,omitempty"`
+	Manifest        *Manifest            `json:"weights_manifest,omitempty"`
+	Error           *Failure             `json:"error,omitempty"`
+	CancelRequested bool                 `json:"cancel_requested"`
+	Timestamps      map[Status]time.Time `json:"timestamps"`
+	CreatedAt       time.Time            `json:"created_at"`
+	UpdatedAt       time.Time            `json:"updated_at"`
+	// Internal is what the service keeps about a job that clients never see.
+	Internal Internal `json:"-"`
+}
+
+// Internal holds a job's private bookkeeping. Stores persist it; the API never shows it.
+type Internal struct {
+	// ProgressOffset is how far into the machine's progress stream the service has read, so a
+	// restarted service reattaches without losing or repeating lines.
+	ProgressOffset int64 `json:"progress_offset,omitempty"`
+	// Owner names the service instance driving the job, for several replicas on one store.
+	Owner string `json:"owner,omitempty"`
+	// CompletionTokenSHA256 is the hash of the per-job token that the job's machine presents
+	// on the internal completed endpoint.
+	CompletionTokenSHA256 string `json:"completion_token_sha256,omitempty"`
+	// DatasetPath is the service's own copy of the dataset.
+	DatasetPath string `json:"dataset_path,omitempty"`
+	// Outcome is the terminal state a job in tearing_down moves to once its stack is gone.
+	Outcome *Outcome `json:"outcome,omitempty"`
+	// ProvisionedAt is when the machine became billable, for the cost estimate.
+	ProvisionedAt time.Time `json:"provisioned_at,omitempty"`
+	// Expected maps each output file to the sha256 the runtime reported in its done event.
+	Expected map[string]string `json:"expected,omitempty"`
+	// Metrics are the runtime's final metrics from its done event.
+	Metrics map[string]any `json:"metrics,omitempty"`
+}
+
+// Outcome is where a job goes after teardown.
+type Outcome struct {
+	Status  Status   `json:"status"`
+	Failure *Failure `json:"failure,omitempty"`
+}
+
+// Event is one entry of a job's lifecycle history.
+type Event struct {
+	ID      int64          `json:"id"`
+	TrainID string         `json:"train_id"`
+	Time    time.Time      `json:"time"`
+	Type    string         `json:"type"`
+	Status  Status         `json:"status,omitempty"`
+	Message string         `json:"message"`
+	Data    map[string]any `json:"data,omitempty"`
+}

@@ -1,0 +1,251 @@
+package lifecycle
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/understudy-ai/training-service/job"
+)
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func TestJobCompletes(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.drv.Start(context.Background())
+	h.submit("ok")
+	j := h.waitFor("ok", job.StatusCompleted)
+	if h.prov.has("ok") {
+		t.Fatal("stack left behind")
+	}
+	if j.Progress.Step != 2 || *j.Progress.Loss != 1.5 || *j.Progress.EvalLoss != 1.7 {
+		t.Fatalf("progress not folded: %+v", j.Progress)
+	}
+	if j.WeightsURI != "file:///weights/ep/v1/ok/" || len(j.Manifest.Files) != 1 || j.Manifest.Metrics["eval_loss_after"] != 1.7 {
+		t.Fatalf("weights: %q %+v", j.WeightsURI, j.Manifest)
+	}
+	for _, st := range []job.Status{job.StatusQueued, job.StatusProvisioning, job.StatusUploading, job.StatusTraining, job.StatusDownloading, job.StatusTearingDown, job.StatusCompleted} {
+		if j.Timestamps[st].IsZero() {
+			t.Errorf("no timestamp for %s", st)
+		}
+	}
+	if j.Machine == nil || j.Machine.InstanceID != "fake-ok" || j.CostUSD <= 0 {
+		t.Fatalf("machine/cost: %+v %v", j.Machine, j.CostUSD)
+	}
+	if _, err := os.Stat(keyPath(h.dir, "ok")); !os.IsNotExist(err) {
+		t.Fatalf("job key left behind: %v", err)
+	}
+	for _, p := range []string{"/w/ok/runtime/launch.sh", "/w/ok/data/train.jsonl", "/w/ok/job.env"} {
+		if !h.conn.uploaded[p] {
+			t.Errorf("%s not uploaded (have %v)", p, h.conn.uploaded)
+		}
+	}
+	logs, _ := h.store.LogList(context.Background(), "ok", 0, 0)
+	progressLines := 0
+	for _, l := range logs {
+		if l.Stream == "progress" {
+			progressLines++
+		}
+	}
+	if progressLines != len(okLines) {
+		t.Fatalf("%d progress lines logged, want %d", progressLines, len(okLines))
+	}
+}
+
+func TestSameRequestIsIdempotentDifferentConflicts(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.submit("idem")
+	j, created, err := h.drv.Submit(context.Background(), request("idem", 2))
+	if err != nil || created || j.TrainID != "idem" {
+		t.Fatalf("repeat: %v created=%v", err, created)
+	}
+	_, _, err = h.drv.Submit(context.Background(), request("idem", 3))
+	if job.CodeOf(err) != job.CodeAlreadyExists {
+		t.Fatalf("different body: %v", err)
+	}
+}
+
+func TestPairsCountMismatch(t *testing.T) {
+	h := newHarness(t, Config{})
+	req := request("count", 2)
+	req.Spec.TrainingPairsCount = 5
+	_, _, err := h.drv.Submit(context.Background(), req)
+	if job.ReasonOf(err) != "pairs_count_mismatch" {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := h.store.JobGet(context.Background(), "count"); job.CodeOf(err) != job.CodeNotFound {
+		t.Fatalf("a refused job was stored: %v", err)
+	}
+}
+
+func TestTeardownRetriesThenSucceeds(t *testing.T) {
+	h := newHarness(t, Config{TeardownAttempts: 3})
+	h.prov.teardownFails = 2
+	h.drv.Start(context.Background())
+	h.submit("retry")
+	h.waitFor("retry", job.StatusCompleted)
+	if h.prov.teardowns != 3 {
+		t.Fatalf("%d teardown calls, want 3", h.prov.teardowns)
+	}
+}
+
+func TestTeardownFailsForGood(t *testing.T) {
+	h := newHarness(t, Config{TeardownAttempts: 2})
+	h.prov.teardownFails = 100
+	h.drv.Start(context.Background())
+	h.submit("stuck")
+	j := h.waitFor("stuck", job.StatusFailed)
+	if j.Error == nil || j.Error.Code != job.ReasonTeardownFailed || !contains(j.Error.Message, "pulumi destroy --stack stuck") {
+		t.Fatalf("error = %+v", j.Error)
+	}
+}
+
+func TestCancelWhileProvisioning(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.prov.provisionWait = make(chan struct{})
+	h.drv.Start(context.Background())
+	h.submit("cp")
+	h.waitFor("cp", job.StatusProvisioning)
+	if _, err := h.drv.Cancel(context.Background(), "cp"); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("cp", job.StatusCancelled)
+	if h.prov.has("cp") {
+		t.Fatal("stack of a cancelled job left behind")
+	}
+	if _, err := h.drv.Cancel(context.Background(), "cp"); job.CodeOf(err) != job.CodeFailedPrecondition {
+		t.Fatalf("cancel of a terminal job: %v", err)
+	}
+}
+
+func TestCancelWhileQueued(t *testing.T) {
+	h := newHarness(t, Config{MaxConcurrent: 1})
+	h.prov.provisionWait = make(chan struct{})
+	h.drv.Start(context.Background())
+	h.submit("first")
+	h.waitFor("first", job.StatusProvisioning)
+	h.submit("second")
+	if _, err := h.drv.Cancel(context.Background(), "second"); err != nil {
+		t.Fatal(err)
+	}
+	j := h.waitFor("second", job.StatusCancelled)
+	if j.Timestamps[job.StatusProvisioning] != (time.Time{}) {
+		t.Fatal("a job cancelled while queued was provisioned")
+	}
+	close(h.prov.provisionWait)
+	h.waitFor("first", job.StatusCompleted)
+}
+
+func TestCancelWhileTraining(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.conn.hold = make(chan struct{})
+	h.drv.Start(context.Background())
+	h.submit("ct")
+	h.waitFor("ct", job.StatusTraining)
+	h.drv.Cancel(context.Background(), "ct")
+	j := h.waitFor("ct", job.StatusCancelled)
+	if h.prov.has("ct") || j.Error != nil {
+		t.Fatalf("stack left or error set: %+v", j.Error)
+	}
+}
+
+func TestMaxDuration(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.conn.hold = make(chan struct{})
+	h.drv.Start(context.Background())
+	req := request("slow", 2)
+	req.Spec.MaxDurationSeconds = 1
+	if _, _, err := h.drv.Submit(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	j := h.waitFor("slow", job.StatusFailed)
+	if j.Error.Code != job.ReasonTimeout || h.prov.has("slow") {
+		t.Fatalf("error %+v", j.Error)
+	}
+}
+
+func TestRuntimeBadInputFailsWithItsCode(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.conn.lines = []string{`{"v":1,"event":"error","time":1,"code":"invalid_model","message":"no model at x"}`}
+	h.conn.exitCode = 2
+	h.drv.Start(context.Background())
+	h.submit("badmodel")
+	j := h.waitFor("badmodel", job.StatusFailed)
+	if j.Error.Code != "invalid_model" || j.Error.Message != "no model at x" || h.prov.has("badmodel") {
+		t.Fatalf("error %+v", j.Error)
+	}
+}
+
+func TestProvisionFailureTearsDown(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.prov.provisionErr = job.Errorf(job.CodeResourceExhausted, "no GPU capacity")
+	h.drv.Start(context.Background())
+	h.submit("nocap")
+	j := h.waitFor("nocap", job.StatusFailed)
+	if j.Error.Code != job.ReasonProvisionFailed || !contains(j.Error.Message, "no GPU capacity") || h.prov.has("nocap") {
+		t.Fatalf("error %+v", j.Error)
+	}
+}
+
+func TestReconnectsAfterDroppedConnection(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.conn.dropOnce = true
+	h.drv.Start(context.Background())
+	h.submit("drop")
+	h.waitFor("drop", job.StatusCompleted)
+	logs, _ := h.store.LogList(context.Background(), "drop", 0, 0)
+	n := 0
+	for _, l := range logs {
+		if l.Stream == "progress" {
+			n++
+		}
+	}
+	if n != len(okLines) {
+		t.Fatalf("%d progress lines after a reconnect, want exactly %d", n, len(okLines))
+	}
+}
+
+func TestRestartResumesTraining(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.conn.hold = make(chan struct{})
+	h.drv.Start(context.Background())
+	h.submit("resume")
+	h.waitFor("resume", job.StatusTraining)
+	// Let the first line be recorded before the "crash".
+	time.Sleep(1500 * time.Millisecond)
+	h.restart(Config{})
+	j := h.waitFor("resume", job.StatusTraining)
+	close(h.conn.hold)
+	j = h.waitFor("resume", job.StatusCompleted)
+	if h.conn.started != 1 {
+		t.Fatalf("the run was started %d times, want once", h.conn.started)
+	}
+	evs, _ := h.store.EventList(context.Background(), "resume")
+	resumed := false
+	for _, e := range evs {
+		resumed = resumed || e.Type == "resumed"
+	}
+	if !resumed || j.Progress.Step != 2 {
+		t.Fatalf("resumed=%v progress=%+v", resumed, j.Progress)
+	}
+}
+
+func TestReaperDestroysOrphanedStacks(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.prov.stacks["orphan"] = true
+	h.drv.Start(context.Background())
+	deadline := time.Now().Add(5 * time.Second)
+	for h.prov.has("orphan") {
+		if time.Now().After(deadline) {
+			t.Fatal("orphaned stack not destroyed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }

@@ -1,0 +1,286 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/understudy-ai/training-service/job"
+	"github.com/understudy-ai/training-service/store/sqlite"
+)
+
+// fakeProvisioner stands in for the stacks layer so that failures can be injected; the
+// real one is exercised by the end-to-end tests.
+type fakeProvisioner struct {
+	mu            sync.Mutex
+	stacks        map[string]bool
+	teardownFails int // fail this many Teardown calls first
+	provisionErr  error
+	provisionWait chan struct{} // when set, Provision blocks until closed or ctx ends
+	provisioned   int
+	teardowns     int
+}
+
+func newFakeProvisioner() *fakeProvisioner { return &fakeProvisioner{stacks: map[string]bool{}} }
+
+func (p *fakeProvisioner) Provision(ctx context.Context, req MachineRequest, log func(string)) (job.Machine, error) {
+	p.mu.Lock()
+	p.stacks[req.TrainID] = true
+	p.provisioned++
+	wait, perr := p.provisionWait, p.provisionErr
+	p.mu.Unlock()
+	log("creating fake machine")
+	if wait != nil {
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return job.Machine{}, ctx.Err()
+		}
+	}
+	if perr != nil {
+		return job.Machine{}, perr
+	}
+	if req.AuthorizedKey == "" || !strings.Contains(req.HostPrivateKey, "OPENSSH PRIVATE KEY") {
+		return job.Machine{}, errors.New("keys missing")
+	}
+	return job.Machine{InstanceID: "fake-" + req.TrainID, Host: "127.0.0.1", Port: 22, User: "u", HostKey: "k", WorkDir: "/w/" + req.TrainID, HourlyPriceUSD: 3.6}, nil
+}
+
+func (p *fakeProvisioner) Machine(ctx context.Context, trainID string) (job.Machine, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.stacks[trainID] {
+		return job.Machine{}, job.Errorf(job.CodeNotFound, "no stack")
+	}
+	return job.Machine{InstanceID: "fake-" + trainID, Host: "127.0.0.1", Port: 22, WorkDir: "/w/" + trainID}, nil
+}
+
+func (p *fakeProvisioner) Teardown(ctx context.Context, trainID string, log func(string)) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.teardowns++
+	if p.teardownFails > 0 {
+		p.teardownFails--
+		return job.Errorf(job.CodeUnavailable, "engine unavailable")
+	}
+	delete(p.stacks, trainID)
+	return nil
+}
+
+func (p *fakeProvisioner) Stacks(ctx context.Context) ([]string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for s := range p.stacks {
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func (p *fakeProvisioner) has(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stacks[id]
+}
+
+// fakeConnector hands out sessions whose "runtime" replays a script of progress lines.
+type fakeConnector struct {
+	mu       sync.Mutex
+	lines    []string
+	exitCode int
+	// hold blocks Follow after the first line until closed, to test cancellation.
+	hold     chan struct{}
+	uploaded map[string]bool
+	started  int
+	dropOnce bool // the first Follow fails as a dropped connection after one line
+}
+
+func (c *fakeConnector) Connect(ctx context.Context, m job.Machine, signer ssh.Signer) (Session, error) {
+	if signer == nil {
+		return nil, errors.New("no signer")
+	}
+	return &fakeSession{c: c}, nil
+}
+
+type fakeSession struct{ c *fakeConnector }
+
+func (s *fakeSession) Run(ctx context.Context, cmd string) ([]byte, error) { return nil, nil }
+func (s *fakeSession) Upload(ctx context.Context, fsys fs.FS, dir string) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if s.c.uploaded == nil {
+		s.c.uploaded = map[string]bool{}
+	}
+	return fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			s.c.uploaded[dir+"/"+p] = true
+		}
+		return err
+	})
+}
+func (s *fakeSession) UploadFile(ctx context.Context, local, remote string) error {
+	if _, err := os.Stat(local); err != nil {
+		return err
+	}
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if s.c.uploaded == nil {
+		s.c.uploaded = map[string]bool{}
+	}
+	s.c.uploaded[remote] = true
+	return nil
+}
+func (s *fakeSession) Start(ctx context.Context, wd, cmd string, env map[string]string) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.c.started++
+	return nil
+}
+func (s *fakeSession) Follow(ctx context.Context, wd string, offset int64, onLine func([]byte, int64) error) (int, error) {
+	var pos int64
+	for i, l := range s.c.lines {
+		end := pos + int64(len(l)) + 1
+		if pos >= offset {
+			if err := onLine([]byte(l), end); err != nil {
+				return 0, err
+			}
+			if i == 0 && s.c.dropOnce {
+				s.c.dropOnce = false
+				return 0, job.Errorf(job.CodeUnavailable, "connection lost")
+			}
+			if i == 0 && s.c.hold != nil {
+				select {
+				case <-s.c.hold:
+				case <-ctx.Done():
+					return 0, ctx.Err()
+				}
+			}
+		}
+		pos = end
+	}
+	return s.c.exitCode, nil
+}
+func (s *fakeSession) Signal(ctx context.Context, wd, sig string) error { return nil }
+func (s *fakeSession) Download(ctx context.Context, dir, prefix string, expected map[string]string) ([]job.ManifestFile, error) {
+	var out []job.ManifestFile
+	for p, h := range expected {
+		out = append(out, job.ManifestFile{Path: p, Size: 1, SHA256: h})
+	}
+	return out, nil
+}
+func (s *fakeSession) Close() error { return nil }
+
+var okLines = []string{
+	`{"v":1,"event":"start","time":1,"model":"m","total_steps":2,"epochs":1,"pairs_used":2,"pairs_skipped":0,"device":"cpu"}`,
+	`{"v":1,"event":"step","time":2,"step":1,"total_steps":2,"epoch":0.5,"loss":2.5,"learning_rate":0.1,"tokens_per_second":10,"eta_seconds":1}`,
+	`{"v":1,"event":"step","time":3,"step":2,"total_steps":2,"epoch":1,"loss":1.5,"learning_rate":0.0,"tokens_per_second":10,"eta_seconds":0}`,
+	`{"v":1,"event":"eval","time":4,"step":2,"eval_loss":1.7,"perplexity":5.47,"phase":"after"}`,
+	`{"v":1,"event":"done","time":5,"output_dir":"out","files":[{"path":"model.safetensors","size":1,"sha256":"aa"}],"metrics":{"eval_loss_after":1.7}}`,
+}
+
+type harness struct {
+	t     *testing.T
+	dir   string
+	prov  *fakeProvisioner
+	conn  *fakeConnector
+	drv   *Driver
+	store *sqlite.Store
+}
+
+func newHarness(t *testing.T, cfg Config) *harness {
+	t.Helper()
+	h := &harness{t: t, dir: t.TempDir(), prov: newFakeProvisioner(), conn: &fakeConnector{lines: okLines}}
+	h.open(cfg)
+	return h
+}
+
+func (h *harness) open(cfg Config) {
+	st, err := sqlite.Open(context.Background(), filepath.Join(h.dir, "jobs.db"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	cfg.DataDir = h.dir
+	cfg.Runtime = fstest.MapFS{"launch.sh": {Data: []byte("#!/bin/sh\n")}}
+	cfg.TeardownBackoff = time.Millisecond
+	cfg.WeightsURL = "file:///weights"
+	cfg.ReconnectTimeout = 2 * time.Second
+	drv, err := New(cfg, st, h.prov, h.conn, testLogger(h.t))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.drv, h.store = drv, st
+	h.t.Cleanup(func() {
+		drv.Stop(context.Background())
+		st.Close()
+	})
+}
+
+// restart stops the driver as a service shutdown would and opens a new one on the same
+// store and data dir.
+func (h *harness) restart(cfg Config) {
+	if err := h.drv.Stop(context.Background()); err != nil {
+		h.t.Fatal(err)
+	}
+	h.store.Close()
+	h.open(cfg)
+	if err := h.drv.Start(context.Background()); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) submit(id string) *job.Job {
+	h.t.Helper()
+	j, created, err := h.drv.Submit(context.Background(), request(id, 2))
+	if err != nil || !created {
+		h.t.Fatalf("submit %s: %v (created %v)", id, err, created)
+	}
+	return j
+}
+
+func request(id string, n int) StartRequest {
+	var pairs []string
+	for i := 0; i < n; i++ {
+		pairs = append(pairs, fmt.Sprintf(`{"prompt":"p%d","response":"r%d"}`, i, i))
+	}
+	req := StartRequest{Spec: job.Spec{TrainID: id, EndpointID: "ep", Version: 1, TrainingPairsCount: n,
+		SLMType: "m", SourceLLM: "s", Provider: "local"}}
+	for _, p := range pairs {
+		req.Pairs = append(req.Pairs, []byte(p))
+	}
+	return req
+}
+
+func (h *harness) waitFor(id string, want job.Status) *job.Job {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		j, err := h.store.JobGet(context.Background(), id)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if j.Status == want {
+			return j
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("job %s is %s (error %+v), want %s", id, j.Status, j.Error, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,62 @@
+package lifecycle
+
+import (
+	"context"
+	"io/fs"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/understudy-ai/training-service/job"
+)
+
+// MachineRequest is what the Driver asks a Provisioner for.
+type MachineRequest struct {
+	TrainID    string
+	EndpointID string
+	Version    int
+	Provider   string
+	// AuthorizedKey is the job's public SSH key (authorized_keys format).
+	AuthorizedKey string
+	// HostPrivateKey is the OpenSSH PEM private host key the machine must present; its public
+	// half comes back as Machine.HostKey and is pinned by the runner.
+	HostPrivateKey string
+}
+
+// Provisioner creates and destroys the one stack of each job.
+type Provisioner interface {
+	// Provision creates or converges the job's stack and returns its machine.
+	Provision(ctx context.Context, req MachineRequest, log func(string)) (job.Machine, error)
+	// Machine returns the machine recorded in an existing stack; job.CodeNotFound when the
+	// job has no stack or the stack has no machine.
+	Machine(ctx context.Context, trainID string) (job.Machine, error)
+	// Teardown destroys and removes the job's stack. A missing stack is success.
+	Teardown(ctx context.Context, trainID string, log func(string)) error
+	// Stacks lists the names of every stack in the backend.
+	Stacks(ctx context.Context) ([]string, error)
+}
+
+// Connector opens SSH sessions to machines, always pinning m.HostKey.
+type Connector interface {
+	Connect(ctx context.Context, m job.Machine, signer ssh.Signer) (Session, error)
+}
+
+// Session is one SSH connection to a job's machine.
+type Session interface {
+	// Run runs a short command and returns its stdout.
+	Run(ctx context.Context, cmd string) ([]byte, error)
+	// Upload copies fsys into remoteDir.
+	Upload(ctx context.Context, fsys fs.FS, remoteDir string) error
+	// UploadFile copies one local file to remotePath.
+	UploadFile(ctx context.Context, localPath, remotePath string) error
+	// Start starts command detached in workDir; it never starts a second run.
+	Start(ctx context.Context, workDir, command string, env map[string]string) error
+	// Follow streams the run's progress from offset until it exits, and returns its exit
+	// code. A lost connection is a job.CodeUnavailable error.
+	Follow(ctx context.Context, workDir string, offset int64, onLine func(line []byte, end int64) error) (int, error)
+	// Signal sends sig ("TERM", "KILL") to the run's process group.
+	Signal(ctx context.Context, workDir, sig string) error
+	// Download stores every file under remoteDir in the weights store under prefix,
+	// checks them against expected (path → sha256) and verifies what was stored.
+	Download(ctx context.Context, remoteDir, prefix string, expected map[string]string) ([]job.ManifestFile, error)
+	Close() error
+}

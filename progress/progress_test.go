@@ -1,0 +1,87 @@
+package progress
+
+import (
+	"bufio"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func readVector(t *testing.T, name string) [][]byte {
+	t.Helper()
+	f, err := os.Open(filepath.Join("..", "testdata", "progress", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var lines [][]byte
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, MaxLineBytes), MaxLineBytes)
+	for sc.Scan() {
+		lines = append(lines, append([]byte(nil), sc.Bytes()...))
+	}
+	return lines
+}
+
+func TestValidVector(t *testing.T) {
+	var kinds []string
+	var last Event
+	for _, l := range readVector(t, "valid.jsonl") {
+		e, err := Parse(l)
+		if err != nil {
+			t.Fatalf("parse %s: %v", l, err)
+		}
+		kinds = append(kinds, e.Event)
+		last = e
+	}
+	want := []string{"start", "eval", "step", "log", "step", "checkpoint", "eval", "done"}
+	if len(kinds) != len(want) {
+		t.Fatalf("events %v, want %v", kinds, want)
+	}
+	for i := range want {
+		if kinds[i] != want[i] {
+			t.Fatalf("events %v, want %v", kinds, want)
+		}
+	}
+	if len(last.Files) != 1 || last.Files[0].SHA256 == "" || last.Metrics["eval_loss_after"] != 3.2 {
+		t.Fatalf("done event: %+v", last)
+	}
+}
+
+func TestErrorVector(t *testing.T) {
+	lines := readVector(t, "error.jsonl")
+	e, err := Parse(lines[0])
+	if err != nil || e.Code != "invalid_dataset" || e.Message == "" {
+		t.Fatalf("error event: %+v, %v", e, err)
+	}
+}
+
+func TestToleratedVector(t *testing.T) {
+	var steps []Event
+	ignored := 0
+	for _, l := range readVector(t, "tolerated.jsonl") {
+		e, err := Parse(l)
+		if errors.Is(err, ErrIgnored) {
+			ignored++
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		steps = append(steps, e)
+	}
+	if ignored != 3 || len(steps) != 2 || steps[1].Step != 2 || *steps[1].Loss != 1.2 {
+		t.Fatalf("ignored %d, steps %+v", ignored, steps)
+	}
+}
+
+func TestRejectsOversizedAndOtherVersions(t *testing.T) {
+	big := append([]byte(`{"v":1,"event":"log","message":"`), make([]byte, MaxLineBytes)...)
+	if _, err := Parse(big); !errors.Is(err, ErrIgnored) {
+		t.Fatalf("oversized line: %v", err)
+	}
+	if _, err := Parse([]byte(`{"v":2,"event":"step"}`)); !errors.Is(err, ErrIgnored) {
+		t.Fatalf("v2 line: %v", err)
+	}
+}

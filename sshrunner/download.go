@@ -1,0 +1,433 @@
+package sshrunner
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/pkg/sftp"
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
+
+	"github.com/understudy-ai/training-service/job"
+)
+
+// File is one file of a Manifest. Its JSON form is the one the runtime's done line uses.
+type File struct {
+	Path   string `json:"path"` // relative, slash-separated
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"` // lowercase hex
+}
+
+// Manifest lists downloaded files, sorted by path.
+type Manifest struct {
+	Files []File `json:"files"`
+}
+
+// DownloadOptions tunes Download. A nil *DownloadOptions means the defaults.
+type DownloadOptions struct {
+	// Expected maps a file's path (relative to the remote dir) to the sha256 it must have,
+	// such as the runtime's own list from its done line. A file whose hash differs is not
+	// stored, and Download fails; a listed file that is missing fails Download too. Files
+	// not listed are downloaded without that check.
+	Expected map[string]string
+	// ParallelFiles is how many files are copied at once; default 4.
+	ParallelFiles int
+	// ChunkSize is the unit a file is read in; default 4 MiB. ParallelChunks chunks of a
+	// file are read at once (default 4), each as concurrent SFTP reads, while earlier
+	// chunks are hashed and written.
+	ChunkSize      int
+	ParallelChunks int
+	// ContentType of the stored objects; default application/octet-stream.
+	ContentType string
+}
+
+func (o *DownloadOptions) withDefaults() DownloadOptions {
+	var r DownloadOptions
+	if o != nil {
+		r = *o
+	}
+	if r.ParallelFiles <= 0 {
+		r.ParallelFiles = 4
+	}
+	if r.ChunkSize <= 0 {
+		r.ChunkSize = 4 << 20
+	}
+	if r.ParallelChunks <= 0 {
+		r.ParallelChunks = 4
+	}
+	if r.ContentType == "" {
+		r.ContentType = "application/octet-stream"
+	}
+	return r
+}
+
+// Download copies every regular file under remoteDir (symbolic links followed, directories
+// not) into bucket, each under prefix + "/" + its path relative to remoteDir, computing its
+// sha256 while writing. Files are copied in parallel, large files as parallel chunks. The
+// returned Manifest lists every file stored, sorted by path. On error some objects may
+// have been stored already; none holds content that failed a check.
+func (c *Client) Download(ctx context.Context, remoteDir string, bucket *blob.Bucket, prefix string, opts *DownloadOptions) (Manifest, error) {
+	o := opts.withDefaults()
+	for p, sum := range o.Expected {
+		if _, err := hex.DecodeString(sum); err != nil || len(sum) != 2*sha256.Size {
+			return Manifest{}, job.Errorf(job.CodeInvalidArgument, "download files: expected sha256 of %s is not hex: %q", p, sum)
+		}
+	}
+	sc, done, err := c.openSFTP(ctx, "download files",
+		sftp.MaxPacketUnchecked(sftpMaxPacket),
+		sftp.MaxConcurrentRequestsPerFile(64),
+		sftp.UseConcurrentReads(true))
+	if err != nil {
+		return Manifest{}, err
+	}
+	defer done()
+
+	files, err := listFiles(sc, remoteDir)
+	if err != nil {
+		return Manifest{}, opError(ctx, err, "download files: list %s", remoteDir)
+	}
+	have := make(map[string]bool, len(files))
+	for _, f := range files {
+		have[f.Path] = true
+	}
+	for p := range o.Expected {
+		if !have[p] {
+			return Manifest{}, job.WithReason(job.Wrap(job.CodeFailedPrecondition,
+				fmt.Errorf("%w: %s is listed but missing", ErrChecksumMismatch, p), "download files"),
+				job.CodeFailedPrecondition, "checksum_mismatch")
+		}
+	}
+	// Largest first, so that the longest copy starts at once.
+	slices.SortFunc(files, func(a, b File) int { return cmp.Compare(b.Size, a.Size) })
+
+	d := &downloader{
+		sc:     sc,
+		bucket: bucket,
+		prefix: prefix,
+		opts:   o,
+		pool:   sync.Pool{New: func() any { b := make([]byte, o.ChunkSize); return &b }},
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	work := make(chan int)
+	errs := make(chan error, o.ParallelFiles)
+	var wg sync.WaitGroup
+	for range min(o.ParallelFiles, len(files)) {
+		wg.Go(func() {
+			for i := range work {
+				sum, err := d.copyFile(ctx, remoteDir, files[i])
+				if err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+				files[i].SHA256 = sum
+			}
+		})
+	}
+feed:
+	for i := range files {
+		select {
+		case work <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return Manifest{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Manifest{}, opError(ctx, err, "download files")
+	}
+	slices.SortFunc(files, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
+	c.log.Info("downloaded", "files", len(files), "bytes", totalSize(files))
+	return Manifest{Files: files}, nil
+}
+
+func totalSize(files []File) int64 {
+	var n int64
+	for _, f := range files {
+		n += f.Size
+	}
+	return n
+}
+
+// listFiles returns the regular files under dir with their sizes.
+func listFiles(sc *sftp.Client, dir string) ([]File, error) {
+	info, err := sc.Stat(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !info.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory", dir)
+	}
+	var files []File
+	w := sc.Walk(dir)
+	for w.Step() {
+		if err := w.Err(); err != nil {
+			return nil, err
+		}
+		info := w.Stat()
+		if info.Mode()&fs.ModeSymlink != 0 {
+			if info, err = sc.Stat(w.Path()); err != nil {
+				return nil, err
+			}
+		}
+		if !info.Mode().IsRegular() {
+			continue
+		}
+		rel := strings.TrimPrefix(strings.TrimPrefix(w.Path(), dir), "/")
+		files = append(files, File{Path: rel, Size: info.Size()})
+	}
+	return files, nil
+}
+
+func objectKey(prefix, rel string) string {
+	if prefix = strings.TrimSuffix(prefix, "/"); prefix == "" {
+		return rel
+	}
+	return prefix + "/" + rel
+}
+
+type downloader struct {
+	sc     *sftp.Client
+	bucket *blob.Bucket
+	prefix string
+	opts   DownloadOptions
+	pool   sync.Pool // *[]byte of ChunkSize
+}
+
+type chunk struct {
+	buf *[]byte
+	n   int
+	err error
+}
+
+// copyFile copies one file into the bucket and returns its sha256. Chunks are read ahead
+// in parallel and consumed in order by the hash and the blob writer.
+func (d *downloader) copyFile(ctx context.Context, remoteDir string, f File) (string, error) {
+	key := objectKey(d.prefix, f.Path)
+	rf, err := d.sc.Open(path.Join(remoteDir, f.Path))
+	if err != nil {
+		return "", opError(ctx, err, "download %s", f.Path)
+	}
+	defer rf.Close()
+
+	// Cancelling wctx before Close aborts the write: nothing is stored.
+	wctx, abort := context.WithCancel(ctx)
+	defer abort()
+	w, err := d.bucket.NewWriter(wctx, key, &blob.WriterOptions{ContentType: d.opts.ContentType})
+	if err != nil {
+		return "", job.Wrap(storageCode(err), err, "download %s: open %s", f.Path, key)
+	}
+	h := sha256.New()
+	written, err := d.pipe(ctx, rf, f.Size, io.MultiWriter(h, w))
+	if err == nil && written != f.Size {
+		err = fmt.Errorf("read %d bytes, want %d", written, f.Size)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if want, ok := d.opts.Expected[f.Path]; err == nil && ok && !strings.EqualFold(want, sum) {
+		abort()
+		_ = w.Close()
+		return "", job.WithReason(job.Wrap(job.CodeFailedPrecondition,
+			fmt.Errorf("%w: %s has sha256 %s, want %s", ErrChecksumMismatch, f.Path, sum, want),
+			"download files"), job.CodeFailedPrecondition, "checksum_mismatch")
+	}
+	if err != nil {
+		abort()
+		_ = w.Close()
+		var je *job.Error
+		if errors.As(err, &je) {
+			return "", err
+		}
+		return "", opError(ctx, err, "download %s", f.Path)
+	}
+	if err := w.Close(); err != nil {
+		return "", job.Wrap(storageCode(err), err, "download %s: store %s", f.Path, key)
+	}
+	return sum, nil
+}
+
+// pipe reads size bytes of rf, ParallelChunks chunks at a time, and writes them to dst in
+// order.
+func (d *downloader) pipe(ctx context.Context, rf *sftp.File, size int64, dst io.Writer) (int64, error) {
+	chunkSize := int64(d.opts.ChunkSize)
+	nChunks := int((size + chunkSize - 1) / chunkSize)
+	if nChunks == 0 {
+		return 0, nil
+	}
+	// One channel per chunk, handed out in order; the semaphore bounds chunks in flight
+	// (and so memory) to ParallelChunks.
+	results := make(chan chan chunk, d.opts.ParallelChunks)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() {
+		close(stop)
+		// Return the buffers of chunks fetched but not consumed.
+		for ch := range results {
+			if c := <-ch; c.buf != nil {
+				d.pool.Put(c.buf)
+			}
+		}
+		wg.Wait()
+	}()
+	wg.Go(func() {
+		defer close(results)
+		for i := range nChunks {
+			off := int64(i) * chunkSize
+			n := min(chunkSize, size-off)
+			ch := make(chan chunk, 1)
+			select {
+			case results <- ch:
+			case <-stop:
+				return
+			}
+			wg.Go(func() {
+				buf := d.pool.Get().(*[]byte)
+				got, err := readFull(rf, (*buf)[:n], off)
+				ch <- chunk{buf: buf, n: got, err: err}
+			})
+		}
+	})
+
+	var written int64
+	for ch := range results {
+		c := <-ch
+		if c.err != nil {
+			d.pool.Put(c.buf)
+			return written, c.err
+		}
+		m, err := dst.Write((*c.buf)[:c.n])
+		written += int64(m)
+		d.pool.Put(c.buf)
+		if err != nil {
+			return written, job.Wrap(storageCode(err), err, "write to storage")
+		}
+		if err := ctx.Err(); err != nil {
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+// readFull fills b from rf at off. pkg/sftp reports a short answer to one of its
+// concurrent requests as end of file; a server that caps reads below our packet size
+// answers short, so keep reading until the file really ends.
+func readFull(rf *sftp.File, b []byte, off int64) (int, error) {
+	got := 0
+	for got < len(b) {
+		n, err := rf.ReadAt(b[got:], off+int64(got))
+		got += n
+		if err == io.EOF && n > 0 {
+			continue
+		}
+		if err == io.EOF {
+			return got, fmt.Errorf("file ended at %d bytes, before its size: %w", off+int64(got), io.ErrUnexpectedEOF)
+		}
+		if err != nil {
+			return got, err
+		}
+	}
+	return got, nil
+}
+
+// storageCode maps a gocloud error to a job code.
+func storageCode(err error) job.Code {
+	switch gcerrors.Code(err) {
+	case gcerrors.NotFound:
+		return job.CodeNotFound
+	case gcerrors.PermissionDenied, gcerrors.FailedPrecondition:
+		return job.CodeFailedPrecondition
+	case gcerrors.Canceled:
+		return job.CodeCanceled
+	case gcerrors.DeadlineExceeded, gcerrors.ResourceExhausted, gcerrors.Internal, gcerrors.Unknown:
+		return job.CodeUnavailable
+	}
+	return job.CodeInternal
+}
+
+// Verify reads back every file of m from bucket under prefix and checks its size and
+// sha256. A difference fails with code FailedPrecondition, reason "checksum_mismatch",
+// wrapping ErrChecksumMismatch; a missing object fails with code NotFound.
+func Verify(ctx context.Context, bucket *blob.Bucket, prefix string, m Manifest) error {
+	const parallel = 4
+	work := make(chan File)
+	errs := make(chan error, parallel)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range min(parallel, len(m.Files)) {
+		wg.Go(func() {
+			h := sha256.New()
+			buf := make([]byte, 1<<20)
+			for f := range work {
+				if err := verifyFile(ctx, bucket, prefix, f, h, buf); err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+			}
+		})
+	}
+feed:
+	for _, f := range m.Files {
+		select {
+		case work <- f:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return job.Wrap(job.CodeCanceled, err, "verify files")
+	}
+	return nil
+}
+
+func verifyFile(ctx context.Context, bucket *blob.Bucket, prefix string, f File, h hash.Hash, buf []byte) error {
+	key := objectKey(prefix, f.Path)
+	r, err := bucket.NewReader(ctx, key, nil)
+	if err != nil {
+		return job.Wrap(storageCode(err), err, "verify %s", key)
+	}
+	defer r.Close()
+	mismatch := func(format string, args ...any) error {
+		return job.WithReason(job.Wrap(job.CodeFailedPrecondition,
+			fmt.Errorf("%w: %s: %s", ErrChecksumMismatch, key, fmt.Sprintf(format, args...)),
+			"verify files"), job.CodeFailedPrecondition, "checksum_mismatch")
+	}
+	if r.Size() != f.Size {
+		return mismatch("size %d, want %d", r.Size(), f.Size)
+	}
+	h.Reset()
+	n, err := io.CopyBuffer(h, r, buf)
+	if err != nil {
+		return job.Wrap(storageCode(err), err, "verify %s", key)
+	}
+	if n != f.Size {
+		return mismatch("read %d bytes, want %d", n, f.Size)
+	}
+	if sum := hex.EncodeToString(h.Sum(nil)); !strings.EqualFold(sum, f.SHA256) {
+		return mismatch("sha256 %s, want %s", sum, f.SHA256)
+	}
+	return nil
+}

@@ -1,0 +1,192 @@
+package sshrunner_test
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/fileblob"
+
+	"github.com/understudy-ai/training-service/job"
+	"github.com/understudy-ai/training-service/sshrunner"
+	"github.com/understudy-ai/training-service/sshrunner/sshdtest"
+)
+
+// writeOutputDir writes a model-like output directory and returns the manifest it should
+// produce.
+func writeOutputDir(t *testing.T, dir string) sshrunner.Manifest {
+	t.Helper()
+	files := map[string][]byte{
+		"config.json":                  []byte(`{"model_type":"gpt2"}`),
+		"empty.txt":                    nil,
+		"model.safetensors":            random(t, 5<<20+12345), // several chunks, the last one short
+		"tokenizer/vocab.json":         random(t, 300_000),
+		"tokenizer/merges.txt":         random(t, 1<<20), // exactly one chunk
+		"ckpt/step-00000020/optim.bin": random(t, 777),
+	}
+	var m sshrunner.Manifest
+	for name, data := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(data)
+		m.Files = append(m.Files, sshrunner.File{Path: name, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])})
+	}
+	// A symbolic link to a file is copied as that file.
+	if err := os.Symlink("config.json", filepath.Join(dir, "link.json")); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(files["config.json"])
+	m.Files = append(m.Files, sshrunner.File{Path: "link.json", Size: int64(len(files["config.json"])), SHA256: hex.EncodeToString(sum[:])})
+	sortManifest(m)
+	return m
+}
+
+func sortManifest(m sshrunner.Manifest) {
+	for i := range m.Files {
+		for j := i + 1; j < len(m.Files); j++ {
+			if m.Files[j].Path < m.Files[i].Path {
+				m.Files[i], m.Files[j] = m.Files[j], m.Files[i]
+			}
+		}
+	}
+}
+
+func random(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func openBucket(t *testing.T) (*blob.Bucket, string) {
+	t.Helper()
+	dir := t.TempDir()
+	b, err := fileblob.OpenBucket(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, dir
+}
+
+func TestDownloadVerify(t *testing.T) {
+	t.Parallel()
+	srv := sshdtest.Start(t)
+	c := dial(t, srv.Target())
+	ctx := testContext(t)
+	remote := t.TempDir()
+	want := writeOutputDir(t, remote)
+	bucket, bucketDir := openBucket(t)
+
+	got, err := c.Download(ctx, remote, bucket, "jobs/j1/weights/", &sshrunner.DownloadOptions{ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatalf("Download: %v", err)
+	}
+	if len(got.Files) != len(want.Files) {
+		t.Fatalf("manifest %+v, want %+v", got, want)
+	}
+	for i := range want.Files {
+		if got.Files[i] != want.Files[i] {
+			t.Errorf("file %d: %+v, want %+v", i, got.Files[i], want.Files[i])
+		}
+	}
+	for _, f := range want.Files {
+		a, err := os.ReadFile(filepath.Join(remote, f.Path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := bucket.ReadAll(ctx, "jobs/j1/weights/"+f.Path)
+		if err != nil {
+			t.Errorf("stored %s: %v", f.Path, err)
+		} else if string(a) != string(b) {
+			t.Errorf("stored %s differs", f.Path)
+		}
+	}
+	if err := sshrunner.Verify(ctx, bucket, "jobs/j1/weights", got); err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+
+	// Corrupt one byte of a stored file: same size, other hash.
+	stored := filepath.Join(bucketDir, "jobs", "j1", "weights", "model.safetensors")
+	data, err := os.ReadFile(stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x01
+	if err := os.WriteFile(stored, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = sshrunner.Verify(ctx, bucket, "jobs/j1/weights", got)
+	if !errors.Is(err, sshrunner.ErrChecksumMismatch) || job.ReasonOf(err) != "checksum_mismatch" || job.CodeOf(err) != job.CodeFailedPrecondition {
+		t.Errorf("Verify of a corrupted file: %v, want a checksum mismatch", err)
+	}
+	// Truncated.
+	if err := os.WriteFile(stored, data[:100], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := sshrunner.Verify(ctx, bucket, "jobs/j1/weights", got); !errors.Is(err, sshrunner.ErrChecksumMismatch) {
+		t.Errorf("Verify of a truncated file: %v, want a checksum mismatch", err)
+	}
+	// Missing.
+	if err := os.Remove(stored); err != nil {
+		t.Fatal(err)
+	}
+	if err := sshrunner.Verify(ctx, bucket, "jobs/j1/weights", got); job.CodeOf(err) != job.CodeNotFound {
+		t.Errorf("Verify of a missing file: %v, want code %s", err, job.CodeNotFound)
+	}
+}
+
+func TestDownloadExpected(t *testing.T) {
+	t.Parallel()
+	srv := sshdtest.Start(t)
+	c := dial(t, srv.Target())
+	ctx := testContext(t)
+	remote := t.TempDir()
+	want := writeOutputDir(t, remote)
+
+	expected := map[string]string{}
+	for _, f := range want.Files {
+		expected[f.Path] = f.SHA256
+	}
+	bucket, _ := openBucket(t)
+	if _, err := c.Download(ctx, remote, bucket, "ok", &sshrunner.DownloadOptions{Expected: expected}); err != nil {
+		t.Fatalf("Download with the right hashes: %v", err)
+	}
+
+	bad := map[string]string{}
+	for k, v := range expected {
+		bad[k] = v
+	}
+	bad["model.safetensors"] = hex.EncodeToString(make([]byte, 32))
+	_, err := c.Download(ctx, remote, bucket, "bad", &sshrunner.DownloadOptions{Expected: bad})
+	if !errors.Is(err, sshrunner.ErrChecksumMismatch) || job.ReasonOf(err) != "checksum_mismatch" {
+		t.Fatalf("Download with a wrong hash: %v, want a checksum mismatch", err)
+	}
+	if ok, err := bucket.Exists(ctx, "bad/model.safetensors"); err != nil || ok {
+		t.Errorf("the mismatched file was stored (exists %v, %v)", ok, err)
+	}
+
+	_, err = c.Download(ctx, remote, bucket, "missing", &sshrunner.DownloadOptions{Expected: map[string]string{"nope.bin": expected["config.json"]}})
+	if !errors.Is(err, sshrunner.ErrChecksumMismatch) {
+		t.Errorf("Download expecting a missing file: %v, want a checksum mismatch", err)
+	}
+	_, err = c.Download(ctx, remote, bucket, "x", &sshrunner.DownloadOptions{Expected: map[string]string{"config.json": "zz"}})
+	if job.CodeOf(err) != job.CodeInvalidArgument {
+		t.Errorf("Download with a malformed hash: %v, want code %s", err, job.CodeInvalidArgument)
+	}
+	_, err = c.Download(ctx, filepath.Join(remote, "nope"), bucket, "x", nil)
+	if job.CodeOf(err) != job.CodeNotFound {
+		t.Errorf("Download of a missing dir: %v, want code %s", err, job.CodeNotFound)
+	}
+}

@@ -1,0 +1,139 @@
+package sshrunner_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// killRunAtCleanup ends, when t ends, whatever run Start left in dir: the process group in
+// dir/pid and its supervising shell, each by id after checking /proc.
+func killRunAtCleanup(t testing.TB, dir string) {
+	t.Cleanup(func() { killRun(t, dir) })
+}
+
+func killRun(t testing.TB, dir string) {
+	b, err := os.ReadFile(filepath.Join(dir, "pid"))
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		t.Errorf("bad pid file in %s: %q", dir, b)
+		return
+	}
+	if sup := parentOf(pid); sup > 1 {
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", sup)); err == nil && bytes.Contains(cmdline, []byte("exit_code")) {
+			_ = syscall.Kill(sup, syscall.SIGKILL)
+		}
+	}
+	// The run leads its own process group; only signal it while it does.
+	if pgid, err := syscall.Getpgid(pid); err == nil && pgid == pid {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}
+
+// parentOf returns the parent process id of pid, or 0.
+func parentOf(pid int) int {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return ppid
+}
+
+// waitFile waits until name exists.
+func waitFile(t testing.TB, name string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(name); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear", name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// proxy forwards TCP connections to a target and can cut them all, to simulate a network
+// failure under an SSH connection.
+type proxy struct {
+	l      net.Listener
+	target string
+
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func startProxy(t testing.TB, target string) *proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{l: l, target: target}
+	t.Cleanup(p.close)
+	p.wg.Add(1)
+	go p.serve()
+	return p
+}
+
+func (p *proxy) port() int { return p.l.Addr().(*net.TCPAddr).Port }
+
+func (p *proxy) serve() {
+	defer p.wg.Done()
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		u, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, u)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go func() { defer p.wg.Done(); io.Copy(u, c); u.Close() }()
+		go func() { defer p.wg.Done(); io.Copy(c, u); c.Close() }()
+	}
+}
+
+// cut closes every connection made so far.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *proxy) close() {
+	p.l.Close()
+	p.cut()
+	p.wg.Wait()
+}

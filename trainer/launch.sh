@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the training runtime inside one job directory on the training machine. The service
+# uploads this runtime to <job dir>/runtime, the dataset to <job dir>/data/train.jsonl and
+# job.env (0600: model, hyperparameters, the completion callback), then starts this script
+# detached. Its stdout is the progress stream (docs/progress-protocol.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck disable=SC1091
+[ -f job.env ] && . ./job.env
+
+emit_error() {
+  printf '{"v":1,"event":"error","time":%s,"code":"%s","message":"%s"}\n' "$(date +%s.%N)" "$1" "$2"
+}
+
+if ! py=$(bash runtime/bootstrap.sh 2>>bootstrap.log | tail -n 1) || [ -z "$py" ]; then
+  emit_error internal "could not prepare the Python environment on the machine (see bootstrap.log)"
+  rc=1
+else
+  PYTHONPATH=runtime "$py" -m understudy_trainer train \
+    --model "${UNDERSTUDY_MODEL:?}" \
+    --dataset data/train.jsonl \
+    --output-dir out \
+    --checkpoint-dir ckpt \
+    --resume \
+    --hyperparameters-json "${UNDERSTUDY_HPARAMS:-{\}}"
+  rc=$?
+fi
+
+# Tell the service directly too, so completion is seen even if its SSH session was lost.
+if [ -n "${UNDERSTUDY_CALLBACK_URL:-}" ] && command -v curl >/dev/null 2>&1; then
+  curl -fsS -m 10 -X POST \
+    -H "Authorization: Bearer ${UNDERSTUDY_COMPLETION_TOKEN:-}" \
+    -H 'Content-Type: application/json' \
+    -d "{\"exit_code\":$rc}" \
+    "$UNDERSTUDY_CALLBACK_URL" >/dev/null 2>&1 || true
+fi
+exit "$rc"

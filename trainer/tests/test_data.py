@@ -1,0 +1,145 @@
+import json
+
+import pytest
+import torch
+from conftest import CHAT, SAMPLE, write_jsonl
+
+from understudy_trainer import data
+from understudy_trainer.errors import BadInput
+
+
+def ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_sample_files_load():
+    pairs, digest = data.load_pairs(SAMPLE)
+    assert len(pairs) >= 200 and len(digest) == 64
+    chat, _ = data.load_pairs(CHAT)
+    multi = [p for p in chat if len(p.prompt) > 1]
+    assert multi, "the chat sample has multi-turn records"
+
+
+def test_messages_use_last_assistant_as_response(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": [
+        {"role": "system", "content": "sys"}, {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"}, {"role": "user", "content": [{"type": "text", "text": "q2"}]},
+        {"role": "assistant", "content": "a2"}]}])
+    (pair,), _ = data.load_pairs(path)
+    assert pair.response == "a2"
+    assert [m["content"] for m in pair.prompt] == ["sys", "q1", "a1", "q2"]
+
+
+@pytest.mark.parametrize("lines,message", [
+    ([], "dataset is empty"),
+    (["", "   "], "dataset is empty"),
+    (['{"prompt":"a","response":"b"}', "{not json"], "line 2: not valid JSON"),
+    (['{"prompt":"a","response":"b"}', '{"prompt":"a","response":"b"}', '{"prompt":"a"}'],
+     'line 3: missing field "response"'),
+    (['{"prompt":1,"response":"b"}'], 'field "prompt" must be a string'),
+    (['["a","b"]'], "line 1: not a JSON object"),
+    (['{"messages":[{"role":"user","content":"q"}]}'], "no assistant message"),
+    (['{"messages":[{"role":"user"}]}'], 'missing field "content"'),
+])
+def test_bad_datasets(tmp_path, lines, message):
+    path = write_jsonl(tmp_path / "d.jsonl", lines)
+    with pytest.raises(BadInput) as e:
+        data.load_pairs(path)
+    assert e.value.code == "invalid_dataset"
+    assert message in e.value.message
+
+
+def test_plain_format_masks_prompt_and_keeps_eos(tokenizer):
+    f = data.Formatter(tokenizer)
+    assert not f.use_template
+    eos = tokenizer.eos_token_id
+    pair = data.Pair(1, [{"role": "user", "content": "What is 2 plus 2?"}], "2 plus 2 is 4.")
+    p, r = f.encode(pair)
+    assert p == ids(tokenizer, "What is 2 plus 2?") + [eos]
+    assert r == ids(tokenizer, "2 plus 2 is 4.") + [eos]
+    ex = data.build_example(p, r, 64)
+    assert ex.input_ids == p + r
+    assert ex.labels == [-100] * len(p) + r
+    assert ex.labels[-1] == eos  # the model must learn to stop
+    assert ex.n_targets == len(r)
+
+
+def test_multi_turn_plain_format_joins_turns_with_eos(tokenizer):
+    f = data.Formatter(tokenizer)
+    eos = tokenizer.eos_token_id
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "bye"}]
+    assert f.prompt_ids(msgs) == ids(tokenizer, "hi") + [eos] + ids(tokenizer, "hello") + [eos] + \
+        ids(tokenizer, "bye") + [eos]
+
+
+def test_prompt_truncated_from_left_response_never_cut():
+    prompt, response = list(range(100, 120)), [7, 8, 9, 0]
+    ex = data.build_example(prompt, response, 10)
+    assert ex.input_ids == list(range(114, 120)) + response  # the prompt's end is kept
+    assert ex.labels == [-100] * 6 + response
+    assert data.build_example(prompt, list(range(10)), 10) is None  # does not fit: skipped
+    assert data.build_example(prompt, list(range(9)), 10).input_ids == [119] + list(range(9))
+    examples, skipped = data.make_examples([(prompt, [1, 2]), (prompt, list(range(12)))], 10)
+    assert [e.pair_index for e in examples] == [0] and skipped == [1]
+
+
+def test_chat_template_is_used_when_present(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}<|endoftext|>{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant] {% endif %}")
+    f = data.Formatter(tok)
+    assert f.use_template
+    msgs = [{"role": "user", "content": "What colour is snow?"}]
+    p, r = f.encode(data.Pair(1, msgs, "Snow is usually white."))
+    assert tok.decode(p) == "[user] What colour is snow?<|endoftext|>[assistant] "
+    assert tok.decode(r) == "Snow is usually white.<|endoftext|>"
+    assert r[-1] == tok.eos_token_id
+
+
+def test_packing_restarts_positions_and_blocks_cross_attention():
+    a = data.Example([1, 2, 3], [-100, 2, 3], 0)
+    b = data.Example([4, 5], [-100, 5], 1)
+    c = data.Example([6, 7, 8, 9, 10, 11], [-100, -100, 8, 9, 10, 11], 2)
+    batch = data.collate([a, b, c], 8, 0, pack=True)
+    # First-fit decreasing: c then b fill the first row, a goes to the second.
+    assert batch["input_ids"].tolist() == [[6, 7, 8, 9, 10, 11, 4, 5], [1, 2, 3, 0, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 1], [0, 1, 2, 0, 0, 0, 0, 0]]
+    assert batch["labels"][1].tolist() == [-100, 2, 3] + [-100] * 5
+    mask = batch["attention_mask"][:, 0]
+    assert batch["attention_mask"].shape == (2, 1, 8, 8)
+    assert not mask[0, 6:, :6].any()  # b never sees c
+    assert mask[0, 6:, 6:].tolist() == [[True, False], [True, True]]
+    assert mask[0, :6, :6].equal(torch.ones(6, 6, dtype=torch.bool).tril())
+    for i in range(3, 8):  # padding attends only to itself
+        assert mask[1, i].tolist() == [j == i for j in range(8)]
+    assert batch["n_targets"] == a.n_targets + b.n_targets + c.n_targets == 2 + 1 + 4
+    assert batch["n_tokens"] == 11
+
+
+def test_unpacked_collate_pads_right():
+    a = data.Example([1, 2, 3], [-100, 2, 3], 0)
+    b = data.Example([4, 5], [-100, 5], 1)
+    batch = data.collate([a, b], 8, 0, pack=False)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [-100, 5, -100]]
+    assert "position_ids" not in batch
+
+
+def test_split_and_order_are_deterministic():
+    exs = [data.Example([i, i], [-100, i], i) for i in range(40)]
+    tr1, ev1 = data.split(exs, 0.1, 3)
+    tr2, ev2 = data.split(exs, 0.1, 3)
+    assert [e.pair_index for e in ev1] == [e.pair_index for e in ev2] and len(ev1) == 4
+    assert len(tr1) == 36 and not {e.pair_index for e in tr1} & {e.pair_index for e in ev1}
+    assert data.epoch_order(10, 1, 0) == data.epoch_order(10, 1, 0) != data.epoch_order(10, 1, 1)
+
+
+def test_sample_pairs_json_is_one_record_per_line():
+    with open(SAMPLE, encoding="utf-8") as f:
+        for line in f:
+            assert set(json.loads(line)) == {"prompt", "response"}

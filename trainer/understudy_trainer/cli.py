@@ -1,0 +1,197 @@
+"""Command line: ``python -m understudy_trainer train --model M --dataset FILE ...``.
+
+Exit codes: 0 done, 2 bad input, 1 training failed, 75 preempted (SIGTERM; resume with
+--resume). Only protocol lines go to stdout; everything else goes to stderr.
+"""
+
+import argparse
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+from . import hparams, progress
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, INTERNAL, INVALID_HYPERPARAMETERS, OUT_OF_MEMORY, BadInput, TrainerError
+
+EXIT_FILE_ENV = "UNDERSTUDY_EXIT_FILE"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise BadInput(INTERNAL, f"usage: {message}")
+
+
+def _parser():
+    p = _Parser(prog="understudy_trainer", description="Fine-tune a causal LM on prompt/response pairs.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run one fine-tune")
+    t.error = p.error
+    t.add_argument("--model", required=True, help="Hugging Face id or local model directory")
+    t.add_argument("--dataset", required=True, help="JSONL of {prompt, response} or {messages}")
+    t.add_argument("--output-dir", required=True)
+    t.add_argument("--checkpoint-dir", required=True)
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if any")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--batch-size", type=int, help="examples per micro-batch (per GPU)")
+    t.add_argument("--max-seq-len", type=int)
+    t.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-fraction", type=float, default=0.05)
+    t.add_argument("--checkpoint-every-steps", type=int, default=0)
+    t.add_argument("--checkpoint-every-seconds", type=float, default=600.0)
+    t.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
+    t.add_argument("--hyperparameters-json", help='e.g. {"epochs": 2, "learning_rate": 5e-5}')
+    t.add_argument("--log-every-steps", type=int, default=10)
+    t.add_argument("--log-every-seconds", type=float, default=5.0)
+    t.add_argument("--lora", choices=("auto", "on", "off"), default="auto")
+    t.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
+    t.add_argument("--no-packing", action="store_true", help="one example per row, padded")
+    t.add_argument("--eval-generations", type=int, help="held-out prompts to generate for (default 32 on CPU, 256 on GPU)")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return p
+
+
+def options_from_args(args):
+    from .train import Options
+
+    explicit = hparams.parse_json(args.hyperparameters_json)
+    flags = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+             "max_seq_len": args.max_seq_len}
+    explicit.update({k: v for k, v in flags.items() if v is not None})  # flags win over the JSON
+    explicit = hparams.validate(explicit)
+    if args.log_every_steps < 1 or args.log_every_seconds <= 0:
+        raise BadInput(INVALID_HYPERPARAMETERS, "log intervals must be positive")
+    if args.eval_generations is not None and args.eval_generations < 0:
+        raise BadInput(INVALID_HYPERPARAMETERS, "eval_generations: must not be negative")
+    return Options(
+        model=args.model, dataset=args.dataset, output_dir=args.output_dir, checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume, hyperparameters=explicit, grad_accum=args.grad_accum, seed=args.seed,
+        eval_fraction=args.eval_fraction, checkpoint_every_steps=args.checkpoint_every_steps,
+        checkpoint_every_seconds=args.checkpoint_every_seconds, max_steps=args.max_steps,
+        log_every_steps=args.log_every_steps, log_every_seconds=args.log_every_seconds, lora=args.lora,
+        compile=args.compile, pack=not args.no_packing, eval_generations=args.eval_generations, device=args.device,
+    )
+
+
+def run(argv, stdout, install_signals=True):
+    """Runs the CLI with protocol lines written to ``stdout``; returns the exit code."""
+    from .train import Dist, Stop
+
+    dist = Dist.from_env()
+    emitter = progress.Emitter(stdout, enabled=dist.main)
+    stop = Stop()
+    previous = None
+    if install_signals:
+        previous = signal.signal(signal.SIGTERM, stop.handler)
+    code = EXIT_FAILED
+    try:
+        args = _parser().parse_args(argv)
+        opts = options_from_args(args)
+        if dist.world > 1:
+            _init_distributed(dist)
+        from .train import Run
+
+        Run(opts, emitter, stop, dist).run()
+        code = EXIT_OK
+    except TrainerError as e:
+        code = e.exit_code
+        _report(emitter, e.code, e.message)
+    except Exception as e:  # noqa: BLE001 - the last line must say what went wrong
+        import torch
+
+        traceback.print_exc(file=sys.stderr)
+        if isinstance(e, torch.OutOfMemoryError):
+            _report(emitter, OUT_OF_MEMORY, "out of GPU memory")
+        else:
+            _report(emitter, INTERNAL, f"{type(e).__name__}: {str(e)[:2000]}")
+        code = EXIT_FAILED
+    finally:
+        if install_signals:
+            signal.signal(signal.SIGTERM, previous)
+        if dist.main and os.environ.get(EXIT_FILE_ENV):
+            with open(os.environ[EXIT_FILE_ENV], "w", encoding="utf-8") as f:
+                f.write(str(code))
+    return code
+
+
+def _report(emitter, code, message):
+    try:
+        emitter.error(code, message)
+    except Exception:  # noqa: BLE001 - stdout gone: nothing more to say
+        traceback.print_exc(file=sys.stderr)
+
+
+def _init_distributed(dist):
+    import torch
+
+    torch.cuda.set_device(dist.local_rank)
+    torch.distributed.init_process_group("nccl")
+
+
+def _gpu_count():
+    """GPUs visible, without initialising CUDA in this process (the workers need it)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    n = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        n = min(n, len([v for v in visible.split(",") if v.strip()]))
+    return n
+
+
+def _relaunch_distributed(argv, n, out_fd):
+    """Several GPUs: re-run this command under torchrun, one process per GPU. Rank 0 writes
+    the protocol and its exit code; SIGTERM is passed on so every rank stops at the same step."""
+    with tempfile.TemporaryDirectory(prefix="understudy-") as tmp:
+        exit_file = os.path.join(tmp, "exit_code")
+        env = dict(os.environ, **{EXIT_FILE_ENV: exit_file, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")})
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               "-m", "understudy_trainer", *argv]
+        print(f"launching {n} processes: {' '.join(cmd)}", file=sys.stderr)
+        child = subprocess.Popen(cmd, env=env, stdout=out_fd, stderr=sys.stderr)
+        signal.signal(signal.SIGTERM, lambda s, f: child.send_signal(signal.SIGTERM))
+        rc = child.wait()
+        try:
+            with open(exit_file, encoding="utf-8") as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            if rc != 0:
+                os.write(out_fd, (json.dumps({"v": 1, "event": "error", "time": time.time(),
+                                              "code": INTERNAL, "message": f"torchrun exited {rc}"}) + "\n").encode())
+            return EXIT_FAILED if rc else EXIT_OK
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    # The protocol owns the real stdout; anything else printing to fd 1 (libraries, C code)
+    # lands on stderr instead.
+    sys.stdout.flush()
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    protocol = io.TextIOWrapper(os.fdopen(out_fd, "wb", buffering=0), encoding="utf-8", line_buffering=True,
+                                write_through=True)
+    sys.stdout = sys.stderr
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if _wants_torchrun(argv):
+        n = _gpu_count()
+        if n > 1:
+            return _relaunch_distributed(argv, n, protocol.fileno())
+    return run(argv, protocol)
+
+
+def _wants_torchrun(argv):
+    if "LOCAL_RANK" in os.environ or os.environ.get("UNDERSTUDY_NO_TORCHRUN") == "1" or argv[:1] != ["train"]:
+        return False
+    for i, a in enumerate(argv):
+        if a == "--device=cpu" or (a == "--device" and argv[i + 1:i + 2] == ["cpu"]):
+            return False
+    return True

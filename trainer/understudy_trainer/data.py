@@ -1,0 +1,265 @@
+"""Dataset reading, prompt/response formatting, masking, truncation and packing.
+
+Labels are aligned with input_ids (the loss predicts labels[i + 1] from position i); prompt
+positions carry -100 so only the response and its end-of-sequence token are learnt.
+"""
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .errors import INVALID_DATASET, INVALID_MODEL, BadInput
+
+IGNORE = -100
+
+
+@dataclass
+class Pair:
+    line: int
+    prompt: list  # chat messages [{"role", "content"}, ...] before the response
+    response: str
+
+
+@dataclass
+class Example:
+    input_ids: list
+    labels: list
+    pair_index: int
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    @property
+    def n_targets(self):
+        # labels[0] is never a target: nothing precedes it.
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
+
+
+def _content(value, line, where):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # OpenAI content parts: [{"type": "text", "text": ...}]
+        parts = []
+        for part in value:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            else:
+                raise BadInput(INVALID_DATASET, f"line {line}: {where}: only text content parts are supported")
+        return "".join(parts)
+    raise BadInput(INVALID_DATASET, f"line {line}: {where}: content must be a string")
+
+
+def parse_record(obj, line):
+    if not isinstance(obj, dict):
+        raise BadInput(INVALID_DATASET, f"line {line}: not a JSON object")
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise BadInput(INVALID_DATASET, f"line {line}: \"messages\" must be a non-empty array")
+        clean = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                raise BadInput(INVALID_DATASET, f"line {line}: messages[{i}] is not an object")
+            for field in ("role", "content"):
+                if field not in m:
+                    raise BadInput(INVALID_DATASET, f"line {line}: messages[{i}]: missing field \"{field}\"")
+            if not isinstance(m["role"], str):
+                raise BadInput(INVALID_DATASET, f"line {line}: messages[{i}]: role must be a string")
+            clean.append({"role": m["role"], "content": _content(m["content"], line, f"messages[{i}]")})
+        last = max((i for i, m in enumerate(clean) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise BadInput(INVALID_DATASET, f"line {line}: no assistant message")
+        if last == 0:
+            raise BadInput(INVALID_DATASET, f"line {line}: no prompt before the assistant message")
+        return Pair(line, clean[:last], clean[last]["content"])
+    for field in ("prompt", "response"):
+        if field not in obj:
+            raise BadInput(INVALID_DATASET, f"line {line}: missing field \"{field}\"")
+        if not isinstance(obj[field], str):
+            raise BadInput(INVALID_DATASET, f"line {line}: field \"{field}\" must be a string")
+    return Pair(line, [{"role": "user", "content": obj["prompt"]}], obj["response"])
+
+
+def load_pairs(path):
+    """Reads a JSONL dataset; returns (pairs, sha256 of the file). Blank lines are skipped."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise BadInput(INVALID_DATASET, f"dataset not found: {path}") from None
+    except IsADirectoryError:
+        raise BadInput(INVALID_DATASET, f"dataset is a directory: {path}") from None
+    except OSError as e:
+        raise BadInput(INVALID_DATASET, f"read dataset: {e.strerror or e}") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadInput(INVALID_DATASET, f"dataset is not UTF-8 (byte {e.start})") from None
+    pairs = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise BadInput(INVALID_DATASET, f"line {n}: not valid JSON ({e.msg})") from None
+        pairs.append(parse_record(obj, n))
+    if not pairs:
+        raise BadInput(INVALID_DATASET, "dataset is empty")
+    return pairs, digest
+
+
+class Formatter:
+    """Turns pairs into token ids. Tokenizers with a chat template use it (the response is what
+    the template adds after the generation prompt); others (DialoGPT) get
+    ``turn <eos> turn <eos> ... response <eos>``. Either way the response ends with eos."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        if tokenizer.eos_token_id is None:
+            raise BadInput(INVALID_MODEL, "tokenizer has no end-of-sequence token")
+        self.eos = tokenizer.eos_token_id
+        self.use_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def _ids(self, text):
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _template(self, messages, generation_prompt):
+        out = self.tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
+        if isinstance(out, dict) or hasattr(out, "input_ids"):
+            out = out["input_ids"]
+        return list(out)
+
+    def prompt_ids(self, messages):
+        if self.use_template:
+            return self._template(messages, True)
+        ids = []
+        for m in messages:
+            ids += self._ids(m["content"]) + [self.eos]
+        return ids
+
+    def response_ids(self, messages, response):
+        if self.use_template:
+            prompt = self._template(messages, True)
+            full = self._template(messages + [{"role": "assistant", "content": response}], False)
+            if full[: len(prompt)] == prompt:
+                ids = full[len(prompt):]
+            else:  # the template re-renders earlier turns; fall back to the text difference
+                p = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                f = self.tok.apply_chat_template(
+                    messages + [{"role": "assistant", "content": response}], tokenize=False)
+                ids = self._ids(f[len(p):] if f.startswith(p) else response)
+            # Keep up to the turn's last eos (templates may add a newline after it).
+            if self.eos in ids:
+                return ids[: len(ids) - ids[::-1].index(self.eos)]
+            return ids + [self.eos]
+        return self._ids(response) + [self.eos]
+
+    def encode(self, pair):
+        return self.prompt_ids(pair.prompt), self.response_ids(pair.prompt, pair.response)
+
+
+def build_example(prompt_ids, response_ids, max_len, pair_index=-1):
+    """Joins prompt and response, truncating the prompt from the left. Returns None when the
+    response does not fit with at least one prompt token before it (it is never cut)."""
+    if len(response_ids) >= max_len:
+        return None
+    keep = max_len - len(response_ids)
+    prompt = prompt_ids[-keep:] if prompt_ids else []
+    return Example(list(prompt) + list(response_ids), [IGNORE] * len(prompt) + list(response_ids), pair_index)
+
+
+def encode_pairs(formatter, pairs):
+    return [formatter.encode(p) for p in pairs]
+
+
+def make_examples(encoded, max_len):
+    """Returns (examples, skipped pair indices)."""
+    examples, skipped = [], []
+    for i, (p, r) in enumerate(encoded):
+        ex = build_example(p, r, max_len, i)
+        if ex is None:
+            skipped.append(i)
+        else:
+            examples.append(ex)
+    return examples, skipped
+
+
+def split(examples, eval_fraction, seed):
+    """Deterministic held-out split: at least one eval example when there are 10 or more."""
+    idx = list(range(len(examples)))
+    random.Random(seed).shuffle(idx)
+    n_eval = int(round(len(examples) * eval_fraction)) if eval_fraction > 0 else 0
+    if eval_fraction > 0 and n_eval == 0 and len(examples) >= 10:
+        n_eval = 1
+    n_eval = min(n_eval, len(examples) - 1)
+    ev = sorted(idx[:n_eval])
+    tr = sorted(idx[n_eval:])
+    return [examples[i] for i in tr], [examples[i] for i in ev]
+
+
+def epoch_order(n, seed, epoch):
+    """The shuffled order of the training examples for one epoch (a pure function of seed and
+    epoch, so a resumed run sees the same order)."""
+    idx = list(range(n))
+    random.Random(seed * 1000003 + epoch).shuffle(idx)
+    return idx
+
+
+def _bins(examples, max_len):
+    """First-fit decreasing: packs examples into rows of at most max_len tokens."""
+    rows = []
+    for ex in sorted(examples, key=len, reverse=True):
+        for row in rows:
+            if row[0] + len(ex) <= max_len:
+                row[0] += len(ex)
+                row[1].append(ex)
+                break
+        else:
+            rows.append([len(ex), [ex]])
+    return [r[1] for r in rows]
+
+
+def collate(examples, max_len, pad_id, pack=True, attn_impl="sdpa"):
+    """Builds one micro-batch.
+
+    Packed: several examples share a row; ``position_ids`` restart at 0 for each example and a
+    block-diagonal causal mask ``[rows, 1, L, L]`` stops any example attending to another
+    (padding positions attend only to themselves). Unpacked: one example per row, right
+    padding and the usual 2-D attention mask.
+    """
+    rows = _bins(examples, max_len) if pack else [[ex] for ex in examples]
+    L = max(sum(len(e) for e in r) for r in rows)
+    R = len(rows)
+    input_ids = torch.full((R, L), pad_id, dtype=torch.long)
+    labels = torch.full((R, L), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((R, L), dtype=torch.long)
+    segments = torch.empty((R, L), dtype=torch.long)
+    for r, row in enumerate(rows):
+        pos = 0
+        for s, ex in enumerate(row):
+            n = len(ex)
+            input_ids[r, pos:pos + n] = torch.tensor(ex.input_ids)
+            labels[r, pos:pos + n] = torch.tensor(ex.labels)
+            position_ids[r, pos:pos + n] = torch.arange(n)
+            segments[r, pos:pos + n] = s
+            pos += n
+        segments[r, pos:] = -1 - torch.arange(L - pos)  # each padding token is its own segment
+    batch = {"input_ids": input_ids, "labels": labels}
+    if pack:
+        same = segments[:, :, None] == segments[:, None, :]
+        causal = torch.ones((L, L), dtype=torch.bool).tril()
+        mask = (same & causal)[:, None, :, :]
+        if attn_impl != "sdpa":  # eager attention adds the mask to the scores
+            mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill(~mask, torch.finfo(torch.float32).min)
+        batch["attention_mask"] = mask
+        batch["position_ids"] = position_ids
+    else:
+        batch["attention_mask"] = (segments >= 0).long()
+    batch["n_tokens"] = int(sum(len(e) for e in examples))
+    batch["n_targets"] = int(sum(e.n_targets for e in examples))
+    return batch

@@ -1,0 +1,172 @@
+"""Model loading, the device set-up, the LoRA decision and the response-only loss."""
+
+import contextlib
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .errors import INTERNAL, INVALID_MODEL, BadInput, TrainerError
+
+# Dense bf16 peak FLOP/s per GPU, for the MFU figure (None where unknown).
+PEAK_FLOPS = [
+    ("H200", 989e12), ("H100", 989e12), ("GH200", 989e12), ("B200", 2250e12),
+    ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L40", 181e12), ("A6000", 155e12),
+    ("RTX 6000 Ada", 364e12), ("4090", 165e12), ("3090", 71e12), ("A10G", 70e12), ("A10", 125e12),
+    ("L4", 121e12), ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def peak_flops(gpu_name):
+    if not gpu_name:
+        return None
+    for key, value in PEAK_FLOPS:
+        if key in gpu_name:
+            return value
+    return None
+
+
+def _first_line(e):
+    for line in str(e).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__
+
+
+def _looks_like_path(name):
+    return (os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.endswith(os.sep)
+            or name.count("/") > 1 or os.sep != "/" and os.sep in name)
+
+
+def load_config(name):
+    """Loads the model's config, refusing what is not a causal LM."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if not name:
+        raise BadInput(INVALID_MODEL, "no model given")
+    if not os.path.exists(name) and _looks_like_path(name):
+        raise BadInput(INVALID_MODEL, f"model path does not exist: {name}")
+    if os.path.isdir(name) and not os.path.exists(os.path.join(name, "config.json")):
+        raise BadInput(INVALID_MODEL, f"model directory has no config.json: {name}")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/KeyError
+        msg = _first_line(e)
+        if "couldn't connect" in msg.lower() or "connection" in type(e).__name__.lower():
+            raise TrainerError(INTERNAL, f"load model config: {msg}") from None
+        raise BadInput(INVALID_MODEL, f"load model config: {msg}") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise BadInput(INVALID_MODEL, f"{name}: model type {config.model_type!r} is not a causal language model")
+    return config
+
+
+def load_tokenizer(name):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # noqa: BLE001
+        raise BadInput(INVALID_MODEL, f"load tokenizer: {_first_line(e)}") from None
+    return tok
+
+
+def count_params(config):
+    """Parameter count estimated from the config without loading weights."""
+    import transformers
+
+    with torch.device("meta"):
+        try:
+            model = transformers.AutoModelForCausalLM.from_config(config)
+        except Exception:  # noqa: BLE001 - odd configs: a rough transformer estimate
+            d = getattr(config, "hidden_size", 768)
+            n = getattr(config, "num_hidden_layers", 12)
+            v = getattr(config, "vocab_size", 50257)
+            return 12 * n * d * d + v * d
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_model(name, config, dtype):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"config": config, "dtype": dtype}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="sdpa", **kwargs)
+    except (ValueError, ImportError) as e:
+        if "sdpa" not in str(e).lower() and "scaled_dot_product" not in str(e).lower():
+            raise BadInput(INVALID_MODEL, f"load model: {_first_line(e)}") from None
+        model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="eager", **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise BadInput(INVALID_MODEL, f"load model: {_first_line(e)}") from None
+    return model
+
+
+def attn_impl(model):
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
+def needs_lora(n_params, device, gpu_memory_bytes):
+    """Full fine-tuning keeps fp32 weights, gradients and two AdamW moments (16 bytes per
+    parameter) plus activations; use LoRA when that would not fit in ~85% of the GPU."""
+    if device != "cuda" or not gpu_memory_bytes:
+        return False
+    return 16 * n_params * 1.25 > 0.85 * gpu_memory_bytes
+
+
+def apply_lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+def _lm_head_skippable(model):
+    """Skipping masked positions before the lm_head is exact only when the logits are a plain
+    linear map of the last hidden state."""
+    head = model.get_output_embeddings()
+    cfg = model.config
+    if not isinstance(head, torch.nn.Linear):
+        return False
+    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling"):
+        if getattr(cfg, attr, None) not in (None, 1, 1.0):
+            return False
+    return True
+
+
+def loss_sum(model, batch, device, core=None):
+    """Returns (sum of the response-token losses, number of those tokens). Only positions whose
+    next token is a target go through the lm_head when that is exact. ``core`` is the model
+    without its DDP/compile wrappers (defaults to ``model``)."""
+    core = core if core is not None else model
+    input_ids = batch["input_ids"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    kwargs = {"input_ids": input_ids, "attention_mask": batch["attention_mask"].to(device, non_blocking=True),
+              "use_cache": False}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
+    targets = labels[:, 1:]
+    sel = targets != -100
+    if _lm_head_skippable(core):
+        out = model(**kwargs, output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1][:, :-1][sel]
+        logits = core.get_output_embeddings()(hidden)
+        loss = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
+    else:
+        out = model(**kwargs)
+        logits = out.logits[:, :-1][sel]
+        loss = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
+    return loss, int(sel.sum())
+
+
+def flops_per_token(n_params, config, seq_len):
+    """6N + 12·L·H·Q·T (nanoGPT estimate_mfu): forward and backward of a dense transformer."""
+    n_layer = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    n_head = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    d = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    return 6 * n_params + 12 * n_layer * n_head * (d // max(n_head, 1)) * seq_len

@@ -1,0 +1,591 @@
+"""One training run: data, model, the optimizer loop, checkpoints, evaluation and output."""
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import checkpoint, data, evaluate, hparams, modeling
+from .errors import INTERNAL, INVALID_DATASET, INVALID_HYPERPARAMETERS, OUT_OF_MEMORY, BadInput, Preempted, TrainerError
+
+STATE_VERSION = 1
+
+
+@dataclass
+class Options:
+    model: str
+    dataset: str
+    output_dir: str
+    checkpoint_dir: str
+    resume: bool = False
+    hyperparameters: dict = field(default_factory=dict)  # explicit, validated against the schema
+    grad_accum: int = None
+    seed: int = 0
+    eval_fraction: float = 0.05
+    checkpoint_every_steps: int = 0
+    checkpoint_every_seconds: float = 600.0
+    max_steps: int = 0
+    log_every_steps: int = 10
+    log_every_seconds: float = 5.0
+    lora: str = "auto"  # auto | on | off
+    compile: str = "auto"  # auto | on | off
+    pack: bool = True
+    eval_generations: int = None
+    device: str = "auto"  # auto | cpu | cuda
+
+
+class Stop:
+    """Set from the SIGTERM handler; the loop checks it between steps."""
+
+    def __init__(self):
+        self.requested = False
+
+    def handler(self, signum, frame):  # noqa: ARG002 - signal handler signature
+        self.requested = True
+
+    def check(self, message="received SIGTERM"):
+        if self.requested:
+            raise Preempted(message)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls):
+        if "LOCAL_RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            return cls()
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+
+
+def unwrap(model):
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def library_versions():
+    import accelerate
+    import numpy
+    import peft
+    import safetensors
+    import tokenizers
+    import transformers
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__, "safetensors": safetensors.__version__, "peft": peft.__version__,
+        "accelerate": accelerate.__version__, "numpy": numpy.__version__,
+    }
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_list(root):
+    out = []
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, root).replace(os.sep, "/")
+            out.append({"path": rel, "size": os.path.getsize(p), "sha256": sha256_file(p)})
+    return sorted(out, key=lambda f: f["path"])
+
+
+def _device(opts, dist):
+    if opts.device == "cpu" or (opts.device == "auto" and not torch.cuda.is_available()):
+        return "cpu", None, None
+    if not torch.cuda.is_available():
+        raise BadInput(INVALID_HYPERPARAMETERS, "--device cuda: no CUDA device available")
+    torch.cuda.set_device(dist.local_rank)
+    props = torch.cuda.get_device_properties(dist.local_rank)
+    return "cuda", props.name, props.total_memory
+
+
+def _context_length(config):
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(config, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _lr_lambda(total, warmup):
+    def f(s):
+        if s < warmup:
+            return (s + 1) / warmup
+        return max(0.0, (total - s) / max(1, total - warmup))
+    return f
+
+
+class Run:
+    def __init__(self, opts, emitter, stop, dist=None):
+        self.opts = opts
+        self.emit = emitter
+        self.stop = stop
+        self.dist = dist or Dist()
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def prepare(self):
+        o = self.opts
+        if o.grad_accum is not None and o.grad_accum < 1:
+            raise BadInput(INVALID_HYPERPARAMETERS, "grad_accum: must be at least 1")
+        if not 0 <= o.eval_fraction <= 0.5:
+            raise BadInput(INVALID_HYPERPARAMETERS, "eval_fraction: must be between 0 and 0.5")
+        for name in ("checkpoint_every_steps", "checkpoint_every_seconds", "max_steps"):
+            if getattr(o, name) < 0:
+                raise BadInput(INVALID_HYPERPARAMETERS, f"{name}: must not be negative")
+        self.pairs, self.dataset_sha256 = data.load_pairs(o.dataset)
+        self.config = modeling.load_config(o.model)
+        self.tokenizer = modeling.load_tokenizer(o.model)
+        self.formatter = data.Formatter(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.formatter.eos
+        self.device, self.gpu, self.gpu_memory = _device(o, self.dist)
+        self.n_params = modeling.count_params(self.config)
+        self.lora = {"on": True, "off": False}.get(o.lora) if o.lora in ("on", "off") else \
+            modeling.needs_lora(self.n_params, self.device, self.gpu_memory)
+        self.fingerprint = {
+            "model": o.model, "dataset_sha256": self.dataset_sha256, "explicit": o.hyperparameters,
+            "grad_accum": o.grad_accum, "seed": o.seed, "eval_fraction": o.eval_fraction,
+            "max_steps": o.max_steps, "lora": self.lora, "pack": o.pack, "world": self.dist.world,
+        }
+        self.resume_state, self.resume_path = None, None
+        if self.dist.main:
+            checkpoint.clean_temporaries(o.checkpoint_dir)
+        if o.resume:
+            state, path = checkpoint.load_latest(o.checkpoint_dir)
+            if state is not None and state.get("fingerprint") == self.fingerprint and state.get("version") == STATE_VERSION:
+                self.resume_state, self.resume_path = state, path
+            elif state is not None:
+                self.emit.log("checkpoint does not match this run's inputs; starting afresh", "warning")
+        self.encoded = data.encode_pairs(self.formatter, self.pairs)
+        self._resolve_hyperparameters()
+        ctx = _context_length(self.config)
+        if ctx and self.hp["max_seq_len"] > ctx:
+            raise BadInput(INVALID_HYPERPARAMETERS, f"max_seq_len: {self.hp['max_seq_len']} exceeds the model's context of {ctx}")
+        examples, skipped = data.make_examples(self.encoded, self.hp["max_seq_len"])
+        self.pairs_skipped = len(skipped)
+        self.pairs_used = len(examples)
+        if not examples:
+            raise BadInput(INVALID_DATASET, f"no pair fits in max_seq_len {self.hp['max_seq_len']}: every response is too long")
+        self.train_ex, self.eval_ex = data.split(examples, o.eval_fraction, o.seed)
+        by_index = {ex.pair_index: ex for ex in self.eval_ex}
+        self.eval_pairs = [self.pairs[i] for i in sorted(by_index)]
+        self.step_examples = self.hp["batch_size"] * self.hp["grad_accum"] * self.dist.world
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_ex) / self.step_examples))
+        self.total_steps = self.hp["epochs"] * self.steps_per_epoch
+        if o.max_steps:
+            self.total_steps = min(self.total_steps, o.max_steps)
+        if self.resume_state and self.resume_state.get("total_steps") != self.total_steps:
+            self.emit.log("checkpoint's schedule differs from this run's; starting afresh", "warning")
+            self.resume_state, self.resume_path = None, None
+        if not o.resume and self.dist.main:
+            checkpoint.remove_all(o.checkpoint_dir)
+
+    def _resolve_hyperparameters(self):
+        o = self.opts
+        if self.resume_state:
+            self.hp = dict(self.resume_state["hyperparameters"])
+            return
+        explicit = o.hyperparameters
+        lengths = [len(p) + len(r) for p, r in self.encoded]
+        max_seq_len = explicit.get("max_seq_len") or hparams.default_max_seq_len(lengths, _context_length(self.config))
+        self.hp = {
+            "epochs": explicit.get("epochs") or hparams.default_epochs(len(self.pairs)),
+            "learning_rate": explicit.get("learning_rate") or hparams.default_learning_rate(self.n_params, self.lora),
+            "batch_size": explicit.get("batch_size") or hparams.default_batch_size(
+                self.device, self.n_params, max_seq_len, self.gpu_memory),
+            "max_seq_len": max_seq_len,
+            "grad_accum": o.grad_accum or 1,
+        }
+
+    def build_model(self):
+        o = self.opts
+        torch.manual_seed(o.seed)
+        if self.device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.amp = None
+        base_dtype = self.amp if (self.lora and self.amp is torch.bfloat16) else torch.float32
+        model = modeling.load_model(o.model, self.config, base_dtype)
+        if self.device == "cuda" and self.n_params >= 1e9:
+            # Only big models trade compute for memory; a 124M model never needs it.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.lora:
+                model.enable_input_require_grads()
+        if self.lora:
+            model = modeling.apply_lora(model)
+        model.to(self.device)
+        model.train()
+        self.model = model
+        self.attn = modeling.attn_impl(unwrap(model))
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.trainable = sum(p.numel() for p in params)
+        kw = {"fused": True} if self.device == "cuda" else {"foreach": True}
+        self.optimizer = torch.optim.AdamW(params, lr=self.hp["learning_rate"], betas=(0.9, 0.999),
+                                           weight_decay=0.0, **kw)
+        warmup = max(1, min(100, self.total_steps // 20))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(self.total_steps, warmup))
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp is torch.float16 else None
+        self.micro_split = 1
+        self.start_step = 0
+        self.tokens_trained = 0
+        self.train_seconds = 0.0
+        self.before = {}
+        if self.resume_state:
+            self._restore()
+        self.train_model = self.model
+        if self.dist.world > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.dist.local_rank])
+        self.compiled = False
+        want_compile = o.compile == "on" or (o.compile == "auto" and self.device == "cuda"
+                                              and self.total_steps - self.start_step >= 300)
+        if want_compile:
+            # Compilation costs tens of seconds up front: only worth it on long runs.
+            self.train_model = torch.compile(self.train_model, dynamic=True)
+            self.compiled = True
+
+    def _restore(self):
+        path, state = self.resume_path, self.resume_state
+        weights = checkpoint.load_tensors(path, "model.pt")
+        if self.lora:
+            from peft import set_peft_model_state_dict
+            set_peft_model_state_dict(self.model, weights)
+        else:
+            self.model.load_state_dict(weights)
+        self.model.to(self.device)
+        opt = checkpoint.load_tensors(path, "optimizer.pt", map_location=self.device)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.scheduler.load_state_dict(opt["scheduler"])
+        if self.scaler is not None and opt.get("scaler"):
+            self.scaler.load_state_dict(opt["scaler"])
+        rng = checkpoint.load_tensors(path, "rng.pt")
+        torch.set_rng_state(rng["torch"])
+        if self.device == "cuda" and rng.get("cuda") is not None and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+        self.start_step = state["step"]
+        self.micro_split = state.get("micro_split", 1)
+        self.tokens_trained = state["tokens_trained"]
+        self.train_seconds = state["train_seconds"]
+        self.before = state.get("before", {})
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def save_checkpoint(self, step, reason):
+        if self.dist.main:
+            if self.lora:
+                from peft import get_peft_model_state_dict
+                weights = get_peft_model_state_dict(self.model)
+            else:
+                weights = self.model.state_dict()
+            state = {
+                "version": STATE_VERSION, "fingerprint": self.fingerprint, "step": step,
+                "total_steps": self.total_steps, "hyperparameters": self.hp, "micro_split": self.micro_split,
+                "tokens_trained": self.tokens_trained, "train_seconds": self.train_seconds, "before": self.before,
+                "reason": reason,
+            }
+            tensors = {
+                "model.pt": weights,
+                "optimizer.pt": {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                                 "scaler": self.scaler.state_dict() if self.scaler else None},
+                "rng.pt": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                           "cuda": torch.cuda.get_rng_state_all() if self.device == "cuda" else None},
+            }
+            name = checkpoint.save(self.opts.checkpoint_dir, step, state, tensors)
+            self.emit.emit("checkpoint", step=step, path=name, reason=reason)
+        if self.dist.world > 1:
+            torch.distributed.barrier()
+        self.last_checkpoint = (step, time.time())
+
+    # ---- training -----------------------------------------------------------------------
+
+    def _step_examples(self, step):
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = data.epoch_order(len(self.train_ex), self.opts.seed, epoch)
+        n = self.step_examples
+        return [self.train_ex[i] for i in order[k * n:(k + 1) * n]]
+
+    def _micro_batches(self, examples):
+        bs = self.hp["batch_size"]
+        micro = [examples[i:i + bs] for i in range(0, len(examples), bs)]
+        mine = micro[self.dist.rank::self.dist.world]
+        out = []
+        for mb in mine:
+            size = max(1, math.ceil(len(mb) / self.micro_split))
+            out += [mb[i:i + size] for i in range(0, len(mb), size)]
+        return out
+
+    def _stop_requested(self):
+        flag = self.stop.requested
+        if self.dist.world > 1:
+            t = torch.tensor([int(flag)], device=self.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def _train_step(self, step):
+        examples = self._step_examples(step)
+        total_targets = max(1, sum(e.n_targets for e in examples))
+        while True:
+            try:
+                return self._try_step(examples, total_targets)
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+                if self.micro_split >= self.hp["batch_size"]:
+                    raise TrainerError(OUT_OF_MEMORY, f"out of GPU memory even with one example per micro-batch "
+                                                      f"(max_seq_len {self.hp['max_seq_len']})") from None
+                self.micro_split *= 2
+                self.emit.log(f"out of GPU memory: splitting each micro-batch in {self.micro_split}", "warning")
+            except Exception as e:  # noqa: BLE001 - a compiler failure falls back to eager mode
+                if not self.compiled:
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                self.emit.log(f"torch.compile failed ({type(e).__name__}); continuing without it", "warning")
+                self.train_model = self.model if self.dist.world == 1 else \
+                    torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.dist.local_rank])
+                self.compiled = False
+
+    def _try_step(self, examples, total_targets):
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = self._micro_batches(examples)
+        loss_acc = torch.zeros((), device=self.device)
+        tokens = 0
+        scale = self.dist.world / total_targets  # DDP averages gradients over ranks
+        for i, mb in enumerate(micro):
+            batch = data.collate(mb, self.hp["max_seq_len"], self.pad_id, self.opts.pack, self.attn)
+            last = i == len(micro) - 1
+            sync = contextlib.nullcontext()
+            if self.dist.world > 1 and not last:
+                sync = self.train_model.no_sync()
+            with sync:
+                with modeling.autocast(self.device, self.amp):
+                    loss, _ = modeling.loss_sum(self.train_model, batch, self.device, core=self.model)
+                scaled = loss * scale
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            loss_acc += loss.detach()
+            tokens += batch["n_tokens"]
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
+        lr = self.scheduler.get_last_lr()[0]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        if self.dist.world > 1:
+            t = torch.stack([loss_acc, torch.tensor(float(tokens), device=self.device)])
+            torch.distributed.all_reduce(t)
+            loss_acc, tokens = t[0], int(t[1].item())
+        return loss_acc, total_targets, tokens, lr
+
+    def train(self):
+        o = self.opts
+        self.last_checkpoint = (self.start_step, time.time())
+        win_loss, win_targets, win_tokens, win_steps = torch.zeros((), device=self.device), 0, 0, 0
+        win_start = time.time()
+        last_report = (self.start_step, win_start)
+        lens = [len(e) for e in self.train_ex]
+        fpt = modeling.flops_per_token(self.n_params if not self.lora else self.n_params * 2 // 3,
+                                       self.config, sum(lens) / max(1, len(lens)))
+        peak = modeling.peak_flops(self.gpu)
+        for step in range(self.start_step, self.total_steps):
+            if self._stop_requested():
+                self._preempt(step)
+            t0 = time.time()
+            loss_acc, targets, tokens, lr = self._train_step(step)
+            win_loss += loss_acc
+            win_targets += targets
+            win_tokens += tokens
+            win_steps += 1
+            done = step + 1
+            now = time.time()
+            if self.device == "cuda" and (done == self.total_steps or now - last_report[1] >= o.log_every_seconds
+                                          or done - last_report[0] >= o.log_every_steps):
+                torch.cuda.synchronize()
+                now = time.time()
+            self.train_seconds += now - t0
+            self.tokens_trained += tokens
+            if done == self.total_steps or now - last_report[1] >= o.log_every_seconds or \
+                    done - last_report[0] >= o.log_every_steps:
+                loss = float(win_loss) / max(1, win_targets)
+                if not math.isfinite(loss):
+                    raise TrainerError(INTERNAL, f"training diverged at step {done}: loss is {loss}")
+                elapsed = max(1e-9, now - win_start)
+                tps = win_tokens / elapsed
+                mfu = (tps * fpt / (peak * self.dist.world)) if peak else None
+                eta = (self.total_steps - done) * elapsed / win_steps
+                self.emit.emit("step", step=done, total_steps=self.total_steps,
+                               epoch=round(done / self.steps_per_epoch, 4), loss=round(loss, 6),
+                               learning_rate=lr, tokens_per_second=round(tps, 1),
+                               mfu=round(mfu, 4) if mfu is not None else None, eta_seconds=round(eta, 1))
+                win_loss, win_targets, win_tokens, win_steps = torch.zeros((), device=self.device), 0, 0, 0
+                win_start = time.time()
+                last_report = (done, win_start)
+            if done < self.total_steps and (
+                    (o.checkpoint_every_steps and done % o.checkpoint_every_steps == 0)
+                    or (o.checkpoint_every_seconds and time.time() - self.last_checkpoint[1] >= o.checkpoint_every_seconds)):
+                self.save_checkpoint(done, "interval")
+        if self.start_step < self.total_steps:
+            self.save_checkpoint(self.total_steps, "final")
+
+    def _preempt(self, step):
+        if step == 0:
+            raise Preempted("received SIGTERM before the first step; nothing to checkpoint")
+        if self.last_checkpoint[0] != step:
+            self.save_checkpoint(step, "preempted")
+        raise Preempted(f"received SIGTERM; checkpoint {checkpoint.name_for(step)} written, resume with --resume")
+
+    # ---- evaluation and output ----------------------------------------------------------
+
+    def _eval_pass(self, phase, step):
+        if not self.eval_ex or not self.dist.main:
+            return {}
+        bs = max(1, self.hp["batch_size"])
+        msg = "received SIGTERM during evaluation" + ("; resume with --resume" if phase == "after" else "")
+        loss = evaluate.eval_loss(self.model, self.eval_ex, self.hp["max_seq_len"], self.pad_id, self.device,
+                                  self.amp, bs, stop=_Checker(self.stop, msg))
+        ppl = evaluate.perplexity(loss)
+        self.emit.emit("eval", step=step, eval_loss=round(loss, 6), perplexity=round(ppl, 4), phase=phase)
+        n_gen = self.opts.eval_generations
+        if n_gen is None:
+            n_gen = 256 if self.device == "cuda" else 32
+        pairs = self.eval_pairs[:n_gen]
+        result = {"eval_loss": loss, "perplexity": ppl}
+        if pairs:
+            ref_lens = [len(self.encoded[ex.pair_index][1]) for ex in self.eval_ex]
+            max_new = min(2 * max(ref_lens) + 8, self.hp["max_seq_len"] - 1)
+            stop_ids = {self.formatter.eos}
+            gen_eos = getattr(unwrap(self.model).generation_config, "eos_token_id", None)
+            if gen_eos is not None:
+                stop_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+            eos_rate, chrf, rouge, samples = evaluate.generate(
+                unwrap(self.model), self.tokenizer, self.formatter, pairs, self.hp["max_seq_len"], self.device,
+                self.amp, min(64, max(8, bs)), stop_ids, max_new, stop=_Checker(self.stop, msg))
+            result.update({"eos_rate": eos_rate, "chrf": chrf, "rouge_l": rouge})
+            print(json.dumps({"phase": phase, "samples": samples}, ensure_ascii=False), file=sys.stderr)
+        return result
+
+    def save_output(self, metrics):
+        o = self.opts
+        out = os.path.abspath(o.output_dir)
+        parent = os.path.dirname(out)
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{out}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = unwrap(self.model)
+        if self.lora:
+            model = model.merge_and_unload()
+        gen = model.generation_config
+        if gen.eos_token_id is None:
+            gen.eos_token_id = self.formatter.eos
+        if gen.pad_token_id is None:
+            gen.pad_token_id = self.pad_id
+        model.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        files = file_list(tmp)
+        manifest = {
+            "base_model": o.model,
+            "dataset_sha256": self.dataset_sha256,
+            "pairs": {"used": self.pairs_used, "skipped": self.pairs_skipped, "train": len(self.train_ex),
+                      "eval": len(self.eval_ex)},
+            "hyperparameters": self.hp,
+            "training": {"seed": o.seed, "eval_fraction": o.eval_fraction, "total_steps": self.total_steps,
+                         "lora": self.lora, "packing": o.pack, "device": self.device, "gpu": self.gpu,
+                         "world_size": self.dist.world, "trainable_parameters": self.trainable,
+                         "parameters": self.n_params},
+            "versions": library_versions(),
+            "files": files,
+            "metrics": metrics,
+        }
+        with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
+        if os.path.exists(out):
+            old = f"{out}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+        return out
+
+    def run(self):
+        self.prepare()
+        self.stop.check("received SIGTERM before training started; nothing to checkpoint")
+        self.build_model()
+        self.emit.emit(
+            "start", model=self.opts.model, total_steps=self.total_steps, epochs=self.hp["epochs"],
+            pairs_used=self.pairs_used, pairs_skipped=self.pairs_skipped, train_examples=len(self.train_ex),
+            eval_examples=len(self.eval_ex), device=self.device, gpu=self.gpu, resumed_from_step=self.start_step,
+            hyperparameters={k: self.hp[k] for k in ("epochs", "learning_rate", "batch_size", "max_seq_len", "grad_accum")}
+            | {"lora": self.lora})
+        if self.pairs_skipped:
+            self.emit.log(f"{self.pairs_skipped} pairs skipped: response longer than max_seq_len "
+                          f"{self.hp['max_seq_len']}", "warning")
+        if not self.resume_state:
+            self.before = self._eval_pass("before", 0)
+        self.train()
+        after = self._eval_pass("after", self.total_steps)
+        if not self.dist.main:
+            return None
+        b = self.before
+        metrics = {
+            "eval_loss_before": b.get("eval_loss"), "eval_perplexity_before": b.get("perplexity"),
+            "eval_loss_after": after.get("eval_loss"), "eval_perplexity_after": after.get("perplexity"),
+            "eos_rate_before": b.get("eos_rate"), "eos_rate": after.get("eos_rate"),
+            "chrf_before": b.get("chrf"), "chrf": after.get("chrf"),
+            "rouge_l_before": b.get("rouge_l"), "rouge_l": after.get("rouge_l"),
+            "train_tokens": self.tokens_trained, "train_seconds": round(self.train_seconds, 3),
+            "train_tokens_per_second": round(self.tokens_trained / max(self.train_seconds, 1e-9), 1),
+            "steps": self.total_steps,
+        }
+        metrics = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+        self.stop.check("received SIGTERM while saving the output; resume with --resume")
+        out = self.save_output(metrics)
+        files = file_list(out)
+        self.emit.emit("done", files=files, metrics=metrics, output_dir=self.opts.output_dir)
+        return out
+
+
+class _Checker:
+    def __init__(self, stop, message):
+        self.stop, self.message = stop, message
+
+    def check(self):
+        self.stop.check(self.message)
