@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
 PULUMI_VERSION := v3.274.1
-PROVIDER_VERSION := $(shell cat provider/version 2>/dev/null || echo 0.1.0)
+PROVIDER_VERSION := $(shell sed -n 's/^const Version = "\(.*\)"/\1/p' provider/version/version.go)
 GO ?= go
 BIN := $(CURDIR)/bin
 DATA_DIR ?= $(CURDIR)/.understudy

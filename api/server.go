@@ -80,21 +80,25 @@ func New(svc Service, opts Options) *Server {
 	r.HandleFunc("/readyz", s.readyz).Methods(http.MethodGet)
 	// The machine's own signal carries the per-job token, not the API token.
 	r.HandleFunc("/api/v1/training/{train_id}/completed", s.completed).Methods(http.MethodPost)
-	v1 := r.PathPrefix("/api/v1").Subrouter()
-	v1.Use(s.authenticate)
-	v1.HandleFunc("/training", s.list).Methods(http.MethodGet)
-	v1.HandleFunc("/training/start", s.start).Methods(http.MethodPost)
-	v1.HandleFunc("/training/{train_id}/status", s.status).Methods(http.MethodGet)
-	v1.HandleFunc("/training/{train_id}/cancel", s.cancel).Methods(http.MethodPost)
-	v1.HandleFunc("/training/{train_id}/events", s.events).Methods(http.MethodGet)
-	v1.HandleFunc("/training/{train_id}/logs", s.logs).Methods(http.MethodGet)
-	v1.HandleFunc("/stacks", s.stacks).Methods(http.MethodGet)
-	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// Routes sit on one router (not a subrouter) so that a wrong method is a 405, not a 404.
+	authed := func(path, method string, h http.HandlerFunc) {
+		r.Handle(path, s.authenticate(h)).Methods(method)
+	}
+	authed("/api/v1/training", http.MethodGet, s.list)
+	authed("/api/v1/training/start", http.MethodPost, s.start)
+	authed("/api/v1/training/{train_id}/status", http.MethodGet, s.status)
+	authed("/api/v1/training/{train_id}/cancel", http.MethodPost, s.cancel)
+	authed("/api/v1/training/{train_id}/events", http.MethodGet, s.events)
+	authed("/api/v1/training/{train_id}/logs", http.MethodGet, s.logs)
+	authed("/api/v1/stacks", http.MethodGet, s.stacks)
+	notFound := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, ErrorBody{ErrorDetail{Code: "not_found", Message: "no such endpoint: " + r.URL.Path}})
 	})
-	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	notAllowed := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusMethodNotAllowed, ErrorBody{ErrorDetail{Code: "method_not_allowed", Message: r.Method + " is not allowed on " + r.URL.Path}})
 	})
+	r.NotFoundHandler = notFound
+	r.MethodNotAllowedHandler = notAllowed
 	s.router = r
 	return s
 }

@@ -327,6 +327,32 @@ func TestLocalWorkerReadReportsStoppedSSHD(t *testing.T) {
 	}
 }
 
+// An sshd that has not written its pid file yet (Create cancelled at the wrong moment),
+// with no pid in state, is still found by its config file and stopped.
+func TestLocalWorkerDeleteWithoutPIDFile(t *testing.T) {
+	requireSSHD(t)
+	t.Parallel()
+	ctx := t.Context()
+	k := newKeys(t)
+	args := LocalWorkerArgs{TrainID: "tr-nopid", HostPrivateKey: k.hostPEM, AuthorizedKey: k.authorized, BaseDir: safeBaseDir(t)}
+	resp := createWorker(t, ctx, args)
+	pid := resp.Output.PID
+	if err := os.Remove(filesOf(resp.Output.Dir).pidFile); err != nil {
+		t.Fatal(err)
+	}
+	state := resp.Output
+	state.PID = 0
+	if _, err := (&LocalWorker{}).Delete(ctx, infer.DeleteRequest[LocalWorkerState]{ID: resp.ID, State: state}); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	if !processGone(pid) {
+		t.Errorf("sshd %d still runs", pid)
+	}
+	if _, err := os.Stat(state.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("worker dir after Delete: %v", err)
+	}
+}
+
 func TestLocalWorkerPreviewStartsNothing(t *testing.T) {
 	t.Parallel()
 	k := newKeys(t)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -186,15 +187,36 @@ func processGone(pid int) bool {
 	return false
 }
 
-// workerSSHDPID returns the pid of the worker's running sshd: the one in its pid file, or
-// statePID when the pid file is gone, provided the process names the worker's config.
+// workerSSHDPID returns the pid of the worker's running sshd, if any (see workerSSHDPIDs).
 func workerSSHDPID(f workerFiles, statePID int) (int, bool) {
-	for _, pid := range []int{pidFromFile(f.pidFile), statePID} {
-		if pid > 1 && cmdlineNamesConfig(pid, f.config) {
-			return pid, true
+	pids := workerSSHDPIDs(f, statePID)
+	if len(pids) == 0 {
+		return 0, false
+	}
+	return pids[0], true
+}
+
+// workerSSHDPIDs lists the running sshd processes of the worker: the one in its pid file,
+// the one recorded in state, and any other whose command line names the worker's config
+// file (an sshd that daemonised but had not written its pid file yet). The config path is unique to the worker, so nothing else
+// matches; processes are never picked by name.
+func workerSSHDPIDs(f workerFiles, statePID int) []int {
+	var pids []int
+	add := func(pid int) {
+		if pid > 1 && !slices.Contains(pids, pid) && cmdlineNamesConfig(pid, f.config) {
+			pids = append(pids, pid)
 		}
 	}
-	return 0, false
+	add(pidFromFile(f.pidFile))
+	add(statePID)
+	if entries, err := os.ReadDir("/proc"); err == nil {
+		for _, e := range entries {
+			if pid, err := strconv.Atoi(e.Name()); err == nil {
+				add(pid)
+			}
+		}
+	}
+	return pids
 }
 
 func pidFromFile(name string) int {
@@ -208,14 +230,15 @@ func pidFromFile(name string) int {
 // stopSSHD stops the sshd named by the worker's pid file, if it runs.
 func stopSSHD(ctx context.Context, f workerFiles) error { return stopSSHDWithFallback(ctx, f, 0) }
 
-// stopSSHDWithFallback stops the worker's sshd: SIGTERM, then SIGKILL after stopGrace.
+// stopSSHDWithFallback stops the worker's sshd processes: SIGTERM, then SIGKILL after
+// stopGrace.
 func stopSSHDWithFallback(ctx context.Context, f workerFiles, statePID int) error {
-	pid, ok := workerSSHDPID(f, statePID)
-	if !ok {
+	pids := workerSSHDPIDs(f, statePID)
+	if len(pids) == 0 {
 		return nil
 	}
-	if err := terminate(ctx, []int{pid}); err != nil {
-		return fmt.Errorf("stop sshd %d: %w", pid, err)
+	if err := terminate(ctx, pids); err != nil {
+		return fmt.Errorf("stop sshd: %w", err)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package sshrunner
 
 import (
+	"bufio"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -83,6 +84,7 @@ var preferredCiphers = []string{
 type Client struct {
 	conn   *ssh.Client
 	target Target
+	opts   Options // with defaults, for extra connections
 	log    *slog.Logger
 
 	closeOnce sync.Once
@@ -129,7 +131,7 @@ func Dial(ctx context.Context, t Target, opts *Options) (*Client, error) {
 		_ = nc.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
-	sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+	sc, chans, reqs, err := ssh.NewClientConn(readBuffered(nc), addr, cfg)
 	if !stop() || err != nil {
 		_ = nc.Close()
 		if err == nil {
@@ -150,6 +152,7 @@ func Dial(ctx context.Context, t Target, opts *Options) (*Client, error) {
 	c := &Client{
 		conn:   ssh.NewClient(sc, chans, reqs),
 		target: t,
+		opts:   o,
 		log:    o.Logger.With("host", t.Host, "port", t.Port),
 		done:   make(chan struct{}),
 	}
@@ -266,3 +269,21 @@ func (c *Client) openSFTP(ctx context.Context, msg string, opts ...sftp.ClientOp
 	return sc, func() { stopAfter(); _ = sc.Close() }, nil
 }
 
+
+// readBufferSize is the read buffer put under the SSH transport, whose own buffer is 4 KiB:
+// reading the socket in large pieces saves system calls when weights stream in.
+var readBufferSize = 256 << 10
+
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func readBuffered(nc net.Conn) net.Conn {
+	if readBufferSize <= 0 {
+		return nc
+	}
+	return &bufferedConn{Conn: nc, r: bufio.NewReaderSize(nc, readBufferSize)}
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }

@@ -182,7 +182,7 @@ func (c *Client) Follow(ctx context.Context, workDir string, offset int64, onLin
 		dir:    workDir,
 		offset: offset,
 		onLine: onLine,
-		buf:    make([]byte, 256<<10),
+		buf:    make([]byte, sftpMaxPacket),
 	}
 	code, err := f.run(ctx)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/sshrunner"
@@ -196,6 +197,42 @@ func TestFollowReconnect(t *testing.T) {
 	content, _ := os.ReadFile(filepath.Join(dir, "progress.jsonl"))
 	if offset != int64(len(content)) {
 		t.Errorf("last offset %d, file has %d bytes", offset, len(content))
+	}
+}
+
+// TestFollowDeadConnection silences the network under a Follow: keepalives notice, and
+// Follow fails with code Unavailable instead of waiting forever.
+func TestFollowDeadConnection(t *testing.T) {
+	t.Parallel()
+	srv := sshdtest.Start(t)
+	px := startProxy(t, fmt.Sprintf("127.0.0.1:%d", srv.Port))
+	target := srv.Target()
+	target.Port = px.port()
+	ctx := testContext(t)
+	dir := filepath.Join(t.TempDir(), "job")
+	killRunAtCleanup(t, dir)
+
+	c, err := sshrunner.Dial(ctx, target, &sshrunner.Options{
+		Logger:             testLogger(t),
+		KeepaliveInterval:  100 * time.Millisecond,
+		KeepaliveMaxMissed: 3,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Start(ctx, dir, `echo '{"n":1}'; sleep 60`, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Follow(ctx, dir, 0, func([]byte, int64) error {
+		px.freeze()
+		return nil
+	})
+	if code := job.CodeOf(err); code != job.CodeUnavailable {
+		t.Fatalf("Follow over a dead connection: %v (code %s), want code %s", err, code, job.CodeUnavailable)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Follow only returned when the test's context ended")
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/pkg/sftp"
 	"gocloud.dev/blob"
@@ -48,6 +49,13 @@ type DownloadOptions struct {
 	// chunks are hashed and written.
 	ChunkSize      int
 	ParallelChunks int
+	// Connections is how many SSH connections carry the data: this Client's plus
+	// Connections-1 dialled for the download and closed after it; default 2. Each
+	// connection has its own sshd process and cipher stream, so several use more than one
+	// core on each end, and over a long path more than one TCP window. Chunks of a large
+	// file are spread over all of them. If an extra connection cannot be made, the
+	// download goes on with those that could.
+	Connections int
 	// ContentType of the stored objects; default application/octet-stream.
 	ContentType string
 }
@@ -65,6 +73,9 @@ func (o *DownloadOptions) withDefaults() DownloadOptions {
 	}
 	if r.ParallelChunks <= 0 {
 		r.ParallelChunks = 4
+	}
+	if r.Connections <= 0 {
+		r.Connections = 2
 	}
 	if r.ContentType == "" {
 		r.ContentType = "application/octet-stream"
@@ -84,10 +95,12 @@ func (c *Client) Download(ctx context.Context, remoteDir string, bucket *blob.Bu
 			return Manifest{}, job.Errorf(job.CodeInvalidArgument, "download files: expected sha256 of %s is not hex: %q", p, sum)
 		}
 	}
-	sc, done, err := c.openSFTP(ctx, "download files",
+	sftpOpts := []sftp.ClientOption{
 		sftp.MaxPacketUnchecked(sftpMaxPacket),
 		sftp.MaxConcurrentRequestsPerFile(64),
-		sftp.UseConcurrentReads(true))
+		sftp.UseConcurrentReads(true),
+	}
+	sc, done, err := c.openSFTP(ctx, "download files", sftpOpts...)
 	if err != nil {
 		return Manifest{}, err
 	}
@@ -111,8 +124,27 @@ func (c *Client) Download(ctx context.Context, remoteDir string, bucket *blob.Bu
 	// Largest first, so that the longest copy starts at once.
 	slices.SortFunc(files, func(a, b File) int { return cmp.Compare(b.Size, a.Size) })
 
+	sftps := []*sftp.Client{sc}
+	if totalSize(files) > int64(o.ChunkSize) {
+		for range o.Connections - 1 {
+			extra, err := Dial(ctx, c.target, &c.opts)
+			if err != nil {
+				c.log.Warn("extra connection for download failed, going on without it", "err", err)
+				break
+			}
+			defer extra.Close()
+			esc, edone, err := extra.openSFTP(ctx, "download files", sftpOpts...)
+			if err != nil {
+				c.log.Warn("extra connection for download failed, going on without it", "err", err)
+				break
+			}
+			defer edone()
+			sftps = append(sftps, esc)
+		}
+	}
+
 	d := &downloader{
-		sc:     sc,
+		sftps:  sftps,
 		bucket: bucket,
 		prefix: prefix,
 		opts:   o,
@@ -126,7 +158,7 @@ func (c *Client) Download(ctx context.Context, remoteDir string, bucket *blob.Bu
 	for range min(o.ParallelFiles, len(files)) {
 		wg.Go(func() {
 			for i := range work {
-				sum, err := d.copyFile(ctx, remoteDir, files[i])
+				sum, err := d.copyFile(ctx, remoteDir, files[i], i)
 				if err != nil {
 					errs <- err
 					cancel()
@@ -204,7 +236,7 @@ func objectKey(prefix, rel string) string {
 }
 
 type downloader struct {
-	sc     *sftp.Client
+	sftps  []*sftp.Client // one per connection
 	bucket *blob.Bucket
 	prefix string
 	opts   DownloadOptions
@@ -212,20 +244,31 @@ type downloader struct {
 }
 
 type chunk struct {
-	buf *[]byte
-	n   int
-	err error
+	buf  *[]byte
+	n    int
+	err  error
+	refs atomic.Int32
 }
 
-// copyFile copies one file into the bucket and returns its sha256. Chunks are read ahead
-// in parallel and consumed in order by the hash and the blob writer.
-func (d *downloader) copyFile(ctx context.Context, remoteDir string, f File) (string, error) {
+// copyFile copies the nth file f into the bucket and returns its sha256. Chunks are read
+// ahead in parallel, spread over the connections, and consumed in order by the hash and
+// the blob writer.
+func (d *downloader) copyFile(ctx context.Context, remoteDir string, f File, n int) (string, error) {
 	key := objectKey(d.prefix, f.Path)
-	rf, err := d.sc.Open(path.Join(remoteDir, f.Path))
-	if err != nil {
-		return "", opError(ctx, err, "download %s", f.Path)
+	chunks := (f.Size + int64(d.opts.ChunkSize) - 1) / int64(d.opts.ChunkSize)
+	var handles []*sftp.File
+	defer func() {
+		for _, h := range handles {
+			_ = h.Close()
+		}
+	}()
+	for k := range int(max(1, min(int64(len(d.sftps)), chunks))) {
+		h, err := d.sftps[(n+k)%len(d.sftps)].Open(path.Join(remoteDir, f.Path))
+		if err != nil {
+			return "", opError(ctx, err, "download %s", f.Path)
+		}
+		handles = append(handles, h)
 	}
-	defer rf.Close()
 
 	// Cancelling wctx before Close aborts the write: nothing is stored.
 	wctx, abort := context.WithCancel(ctx)
@@ -235,7 +278,7 @@ func (d *downloader) copyFile(ctx context.Context, remoteDir string, f File) (st
 		return "", job.Wrap(storageCode(err), err, "download %s: open %s", f.Path, key)
 	}
 	h := sha256.New()
-	written, err := d.pipe(ctx, rf, f.Size, io.MultiWriter(h, w))
+	written, err := d.pipe(ctx, handles, f.Size, h, w)
 	if err == nil && written != f.Size {
 		err = fmt.Errorf("read %d bytes, want %d", written, f.Size)
 	}
@@ -262,35 +305,27 @@ func (d *downloader) copyFile(ctx context.Context, remoteDir string, f File) (st
 	return sum, nil
 }
 
-// pipe reads size bytes of rf, ParallelChunks chunks at a time, and writes them to dst in
-// order.
-func (d *downloader) pipe(ctx context.Context, rf *sftp.File, size int64, dst io.Writer) (int64, error) {
+// pipe reads size bytes of a file open as handles, ParallelChunks chunks at a time, chunk
+// i through handles[i%len(handles)], and feeds them in order to h and to dst. Hashing and
+// writing run side by side, so a large file costs the slower of the two rather than their
+// sum. It returns the bytes written to dst.
+func (d *downloader) pipe(ctx context.Context, handles []*sftp.File, size int64, h hash.Hash, dst io.Writer) (int64, error) {
 	chunkSize := int64(d.opts.ChunkSize)
 	nChunks := int((size + chunkSize - 1) / chunkSize)
 	if nChunks == 0 {
 		return 0, nil
 	}
-	// One channel per chunk, handed out in order; the semaphore bounds chunks in flight
-	// (and so memory) to ParallelChunks.
-	results := make(chan chan chunk, d.opts.ParallelChunks)
+	// One channel per chunk, handed out in order; the channel's capacity bounds chunks
+	// read ahead (and so memory) to ParallelChunks.
+	results := make(chan chan *chunk, d.opts.ParallelChunks)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	defer func() {
-		close(stop)
-		// Return the buffers of chunks fetched but not consumed.
-		for ch := range results {
-			if c := <-ch; c.buf != nil {
-				d.pool.Put(c.buf)
-			}
-		}
-		wg.Wait()
-	}()
 	wg.Go(func() {
 		defer close(results)
 		for i := range nChunks {
 			off := int64(i) * chunkSize
 			n := min(chunkSize, size-off)
-			ch := make(chan chunk, 1)
+			ch := make(chan *chunk, 1)
 			select {
 			case results <- ch:
 			case <-stop:
@@ -298,30 +333,82 @@ func (d *downloader) pipe(ctx context.Context, rf *sftp.File, size int64, dst io
 			}
 			wg.Go(func() {
 				buf := d.pool.Get().(*[]byte)
-				got, err := readFull(rf, (*buf)[:n], off)
-				ch <- chunk{buf: buf, n: got, err: err}
+				got, err := readFull(handles[i%len(handles)], (*buf)[:n], off)
+				c := &chunk{buf: buf, n: got, err: err}
+				c.refs.Store(2) // the hash and the writer
+				ch <- c
 			})
 		}
 	})
 
+	// The writer stores chunks in order while this goroutine hashes them. After an error
+	// it only gives buffers back.
+	toWrite := make(chan *chunk, d.opts.ParallelChunks)
+	writeFailed := make(chan struct{})
+	writerDone := make(chan struct{})
 	var written int64
+	var writeErr error
+	go func() {
+		defer close(writerDone)
+		for c := range toWrite {
+			if writeErr == nil {
+				m, err := dst.Write((*c.buf)[:c.n])
+				written += int64(m)
+				if err != nil {
+					writeErr = err
+					close(writeFailed)
+				}
+			}
+			d.release(c)
+		}
+	}()
+
+	var err error
 	for ch := range results {
 		c := <-ch
 		if c.err != nil {
-			d.pool.Put(c.buf)
-			return written, c.err
+			err = c.err
+			d.release(c)
+			d.release(c)
+			break
 		}
-		m, err := dst.Write((*c.buf)[:c.n])
-		written += int64(m)
-		d.pool.Put(c.buf)
-		if err != nil {
-			return written, job.Wrap(storageCode(err), err, "write to storage")
-		}
-		if err := ctx.Err(); err != nil {
-			return written, err
+		toWrite <- c
+		h.Write((*c.buf)[:c.n])
+		d.release(c)
+		if err = ctx.Err(); err != nil || isClosed(writeFailed) {
+			break
 		}
 	}
-	return written, nil
+	close(toWrite)
+	<-writerDone
+	close(stop)
+	// Give back the buffers of chunks read but not consumed.
+	for ch := range results {
+		c := <-ch
+		d.release(c)
+		d.release(c)
+	}
+	wg.Wait()
+	if writeErr != nil {
+		return written, job.Wrap(storageCode(writeErr), writeErr, "write to storage")
+	}
+	return written, err
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// release drops one reference to c's buffer and returns it to the pool after the last.
+func (d *downloader) release(c *chunk) {
+	if c.refs.Add(-1) == 0 && c.buf != nil {
+		d.pool.Put(c.buf)
+	}
 }
 
 // readFull fills b from rf at off. pkg/sftp reports a short answer to one of its

@@ -81,9 +81,10 @@ type proxy struct {
 	l      net.Listener
 	target string
 
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+	frozen bool
+	wg     sync.WaitGroup
 }
 
 func startProxy(t testing.TB, target string) *proxy {
@@ -117,9 +118,35 @@ func (p *proxy) serve() {
 		p.conns = append(p.conns, c, u)
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go func() { defer p.wg.Done(); io.Copy(u, c); u.Close() }()
-		go func() { defer p.wg.Done(); io.Copy(c, u); c.Close() }()
+		go func() { defer p.wg.Done(); p.copy(u, c); u.Close() }()
+		go func() { defer p.wg.Done(); p.copy(c, u); c.Close() }()
 	}
+}
+
+// copy forwards src to dst, dropping what arrives while the proxy is frozen.
+func (p *proxy) copy(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		p.mu.Lock()
+		frozen := p.frozen
+		p.mu.Unlock()
+		if n > 0 && !frozen {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// freeze makes the network silent without closing anything, as a dead path does.
+func (p *proxy) freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.frozen = true
 }
 
 // cut closes every connection made so far.

@@ -1,18 +1,28 @@
-// Command pulumi-resource-understudy is the plugin binary of the in-repo Pulumi provider.
-// The Pulumi engine starts it; it is installed into PULUMI_HOME by the stacks package.
+// Command pulumi-resource-understudy is the plugin binary of the in-repo Pulumi provider
+// "understudy". The Pulumi engine starts it and talks to it over gRPC; the stacks package
+// installs it into PULUMI_HOME. The engine ends it with SIGINT, which the provider SDK
+// turns into a graceful stop.
 package main
 
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/understudy-ai/training-service/provider"
 )
 
 func main() {
-	if err := provider.Run(context.Background()); err != nil {
-		fmt.Fprintf(os.Stderr, "pulumi-resource-understudy: %v\n", err)
+	if err := run(context.Background(), os.Stderr); err != nil {
 		os.Exit(1)
 	}
+}
+
+func run(ctx context.Context, stderr io.Writer) error {
+	if err := provider.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "pulumi-resource-understudy: %v\n", err)
+		return err
+	}
+	return nil
 }

@@ -115,18 +115,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	passphrase, err := secretFromEnvOrFile("PULUMI_CONFIG_PASSPHRASE", filepath.Join(dataDir, "pulumi-passphrase"))
-	if err != nil {
-		return err
-	}
 	if cfg.WeightsURL == "" {
 		cfg.WeightsURL = "file://" + filepath.Join(dataDir, "weights")
-	}
-	if cfg.BackendURL == "" {
-		cfg.BackendURL = "file://" + filepath.Join(dataDir, "pulumi")
-		if err := os.MkdirAll(filepath.Join(dataDir, "pulumi"), 0o700); err != nil {
-			return fmt.Errorf("create state dir: %w", err)
-		}
 	}
 	if cfg.PublicURL == "" {
 		cfg.PublicURL = "http://" + cfg.Listen
@@ -143,17 +133,17 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer weights.Close()
 	mgr, err := stacks.Open(ctx, stacks.Config{
+		DataDir:    dataDir,
 		BackendURL: cfg.BackendURL,
-		Home:       filepath.Join(dataDir, "pulumi-home"),
 		PulumiBin:  cfg.PulumiBin,
 		PluginBin:  cfg.PluginBin,
-		Passphrase: passphrase,
+		Passphrase: os.Getenv("PULUMI_CONFIG_PASSPHRASE"),
 		Logger:     log,
 	})
 	if err != nil {
 		return err
 	}
-	prov := lifecycle.NewStackProvisioner(mgr, programs.Local{BaseDir: filepath.Join(dataDir, "workers")})
+	prov := lifecycle.NewStackProvisioner(mgr, programs.LocalConfig{BaseDir: filepath.Join(dataDir, "workers")})
 	drv, err := lifecycle.New(lifecycle.Config{
 		DataDir:       dataDir,
 		MaxConcurrent: cfg.MaxConcurrent,
@@ -179,7 +169,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ln.Close()
 		return err
 	}
-	log.Info("serving", "listen", ln.Addr().String(), "data_dir", dataDir, "backend", cfg.BackendURL, "weights", weights.BaseURI)
+	log.Info("serving", "listen", ln.Addr().String(), "data_dir", dataDir, "weights", weights.BaseURI)
 	fmt.Fprintf(stdout, "understudy-train serving on http://%s (data in %s)\n", ln.Addr(), dataDir)
 
 	errc := make(chan error, 1)
@@ -220,23 +210,6 @@ func apiToken(tokenFile, dataDir string, log *slog.Logger) (string, error) {
 	}
 	log.Info("made a new API token", "file", p)
 	return t, nil
-}
-
-// secretFromEnvOrFile reads a secret from env, else from file, else makes one in file.
-func secretFromEnvOrFile(env, file string) (string, error) {
-	if v := os.Getenv(env); v != "" {
-		return v, nil
-	}
-	if v, err := readSecretFile(file); err == nil {
-		return v, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return "", err
-	}
-	v := randomHex(32)
-	if err := os.WriteFile(file, []byte(v+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("write %s: %w", file, err)
-	}
-	return v, nil
 }
 
 // readSecretFile reads a secret, refusing a file that others can read.

@@ -199,7 +199,7 @@ PidFile %s
 Subsystem sftp internal-sftp
 MaxStartups 100
 MaxSessions 100
-LogLevel DEBUG1
+LogLevel VERBOSE
 `, s.Port, hostKeyPath, authorizedKeys, filepath.Join(s.Dir, "sshd.pid"))
 	if err := os.WriteFile(s.ConfigPath, []byte(cfg), 0o600); err != nil {
 		t.Fatalf("sshdtest: write sshd config: %v", err)

@@ -14,6 +14,9 @@ SAMPLE = os.path.join(REPO, "examples", "sample-pairs.jsonl")
 CHAT = os.path.join(REPO, "examples", "sample-chat.jsonl")
 VECTORS = os.path.join(REPO, "testdata", "progress")
 
+# One thread: the suite shares small machines, and the SIGKILL test compares a subprocess
+# against this process within a tight tolerance, so both must use the same thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -87,7 +87,8 @@ def test_schema_shape_is_what_the_go_api_reads():
 
 def test_learnable_run_improves_and_output_loads(tiny_model, tmp_path):
     r = run_cli(train_args(tiny_model, SAMPLE, str(tmp_path), "--resume", "--eval-fraction", "0.1",
-                           "--hyperparameters-json", '{"epochs": 8, "learning_rate": 0.003, "batch_size": 16}'))
+                           "--eval-generations", "16",
+                           "--hyperparameters-json", '{"epochs": 5, "learning_rate": 0.004, "batch_size": 16}'))
     assert r.code == 0, r.lines[-1]
     assert not r.ignored
     kinds = [e["event"] for e in r.events]
@@ -116,7 +117,7 @@ def test_learnable_run_improves_and_output_loads(tiny_model, tmp_path):
         manifest = json.load(f)
     assert manifest["base_model"] == tiny_model
     assert manifest["pairs"] == {"used": 300, "skipped": 0, "train": 270, "eval": 30}
-    assert manifest["hyperparameters"]["epochs"] == 8 and manifest["versions"]["torch"]
+    assert manifest["hyperparameters"]["epochs"] == 5 and manifest["versions"]["torch"]
     assert manifest["metrics"] == m
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p or ".old-" in p]
 
@@ -206,3 +207,17 @@ def test_sigkill_then_resume_reproduces_the_loss_curve(tiny_model_dropout, tmp_p
         assert losses[s] == pytest.approx(ref_losses[s], rel=1e-5), s
     assert [s for s, _ in checkpoint.list_steps(str(tmp_path / "killed" / "ckpt"))][-1] == 10
     assert len(checkpoint.list_steps(str(tmp_path / "killed" / "ckpt"))) == 2
+
+
+def test_lora_run_saves_merged_weights(tiny_model, tmp_path):
+    r = run_cli(train_args(tiny_model, SAMPLE, str(tmp_path), "--lora", "on", "--eval-fraction", "0",
+                           "--max-steps", "3", "--max-seq-len", "64", "--batch-size", "8"))
+    assert r.code == 0, r.lines[-1]
+    assert r.of("start")[0]["hyperparameters"]["lora"] is True
+    with open(tmp_path / "out" / "manifest.json", encoding="utf-8") as f:
+        training = json.load(f)["training"]
+    assert training["lora"] and training["trainable_parameters"] < training["parameters"]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"))
+    assert not any("lora" in n for n, _ in model.named_parameters())

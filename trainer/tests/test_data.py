@@ -109,8 +109,9 @@ def test_packing_restarts_positions_and_blocks_cross_attention():
     assert batch["input_ids"].tolist() == [[6, 7, 8, 9, 10, 11, 4, 5], [1, 2, 3, 0, 0, 0, 0, 0]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 1], [0, 1, 2, 0, 0, 0, 0, 0]]
     assert batch["labels"][1].tolist() == [-100, 2, 3] + [-100] * 5
-    mask = batch["attention_mask"][:, 0]
-    assert batch["attention_mask"].shape == (2, 1, 8, 8)
+    full = data.block_causal_mask(batch["segments"])
+    assert full.shape == (2, 1, 8, 8)
+    mask = full[:, 0]
     assert not mask[0, 6:, :6].any()  # b never sees c
     assert mask[0, 6:, 6:].tolist() == [[True, False], [True, True]]
     assert mask[0, :6, :6].equal(torch.ones(6, 6, dtype=torch.bool).tril())

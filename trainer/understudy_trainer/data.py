@@ -224,7 +224,20 @@ def _bins(examples, max_len):
     return [r[1] for r in rows]
 
 
-def collate(examples, max_len, pad_id, pack=True, attn_impl="sdpa"):
+def block_causal_mask(segments, attn_impl="sdpa"):
+    """``[rows, 1, L, L]`` mask: position i sees j when j <= i and both belong to the same
+    example. Boolean for SDPA; additive float (0 / -inf-ish) for eager attention."""
+    L = segments.shape[1]
+    same = segments[:, :, None] == segments[:, None, :]
+    causal = torch.ones((L, L), dtype=torch.bool, device=segments.device).tril()
+    mask = (same & causal)[:, None, :, :]
+    if attn_impl != "sdpa":
+        mask = torch.zeros(mask.shape, dtype=torch.float32, device=segments.device).masked_fill(
+            ~mask, torch.finfo(torch.float32).min)
+    return mask
+
+
+def collate(examples, max_len, pad_id, pack=True):
     """Builds one micro-batch.
 
     Packed: several examples share a row; ``position_ids`` restart at 0 for each example and a
@@ -251,12 +264,8 @@ def collate(examples, max_len, pad_id, pack=True, attn_impl="sdpa"):
         segments[r, pos:] = -1 - torch.arange(L - pos)  # each padding token is its own segment
     batch = {"input_ids": input_ids, "labels": labels}
     if pack:
-        same = segments[:, :, None] == segments[:, None, :]
-        causal = torch.ones((L, L), dtype=torch.bool).tril()
-        mask = (same & causal)[:, None, :, :]
-        if attn_impl != "sdpa":  # eager attention adds the mask to the scores
-            mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill(~mask, torch.finfo(torch.float32).min)
-        batch["attention_mask"] = mask
+        # The [rows, 1, L, L] mask is built on the device from these (block_causal_mask).
+        batch["segments"] = segments
         batch["position_ids"] = position_ids
     else:
         batch["attention_mask"] = (segments >= 0).long()

@@ -6,6 +6,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .data import block_causal_mask
 from .errors import INTERNAL, INVALID_MODEL, BadInput, TrainerError
 
 # Dense bf16 peak FLOP/s per GPU, for the MFU figure (None where unknown).
@@ -116,7 +117,12 @@ def needs_lora(n_params, device, gpu_memory_bytes):
 def apply_lora(model):
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    from transformers.pytorch_utils import Conv1D
+
+    # GPT-2's projections are Conv1D layers, whose weights are stored transposed.
+    conv1d = any(isinstance(m, Conv1D) for m in model.modules())
+    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM",
+                        fan_in_fan_out=conv1d)
     return get_peft_model(model, config)
 
 
@@ -146,10 +152,12 @@ def loss_sum(model, batch, device, core=None):
     core = core if core is not None else model
     input_ids = batch["input_ids"].to(device, non_blocking=True)
     labels = batch["labels"].to(device, non_blocking=True)
-    kwargs = {"input_ids": input_ids, "attention_mask": batch["attention_mask"].to(device, non_blocking=True),
-              "use_cache": False}
-    if "position_ids" in batch:
+    kwargs = {"input_ids": input_ids, "use_cache": False}
+    if "segments" in batch:
+        kwargs["attention_mask"] = block_causal_mask(batch["segments"].to(device, non_blocking=True), attn_impl(core))
         kwargs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
+    else:
+        kwargs["attention_mask"] = batch["attention_mask"].to(device, non_blocking=True)
     targets = labels[:, 1:]
     sel = targets != -100
     if _lm_head_skippable(core):

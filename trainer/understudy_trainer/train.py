@@ -383,7 +383,7 @@ class Run:
         tokens = 0
         scale = self.dist.world / total_targets  # DDP averages gradients over ranks
         for i, mb in enumerate(micro):
-            batch = data.collate(mb, self.hp["max_seq_len"], self.pad_id, self.opts.pack, self.attn)
+            batch = data.collate(mb, self.hp["max_seq_len"], self.pad_id, self.opts.pack)
             last = i == len(micro) - 1
             sync = contextlib.nullcontext()
             if self.dist.world > 1 and not last:

@@ -1,0 +1,546 @@
+package stacks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/auto"
+	"github.com/pulumi/pulumi/sdk/v3/go/auto/optdestroy"
+	"github.com/pulumi/pulumi/sdk/v3/go/auto/optup"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/apitype"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/workspace"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+
+	"github.com/understudy-ai/training-service/job"
+	"github.com/understudy-ai/training-service/programs"
+	"github.com/understudy-ai/training-service/provider/version"
+)
+
+// Manager runs the stacks of training jobs. It is safe for concurrent use.
+type Manager struct {
+	cfg     Config
+	log     *slog.Logger
+	cmd     auto.PulumiCommand
+	env     map[string]string
+	project workspace.Project
+
+	mu    sync.Mutex
+	locks map[string]*stackLock // per stack name
+}
+
+type stackLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// Summary describes one stack of the project.
+type Summary struct {
+	Name             string            // the stack's name: the job's train_id
+	Tags             map[string]string // train_id, endpoint_id, version, provider, and Pulumi's own
+	ResourceCount    int               // resources in the stack's state, the stack itself included
+	LastUpdate       time.Time         // zero when never updated
+	UpdateInProgress bool
+}
+
+// Open checks cfg, prepares the data directories, and installs the in-repo provider plugin
+// into PULUMI_HOME when it is missing or differs from cfg.PluginBin.
+func Open(ctx context.Context, cfg Config) (*Manager, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	passphrase := cfg.Passphrase
+	if passphrase == "" {
+		if passphrase, err = passphraseFromFile(cfg.PassphraseFile); err != nil {
+			return nil, job.Wrap(job.CodeFailedPrecondition, err, "read stack passphrase")
+		}
+	}
+	if dir, ok := strings.CutPrefix(cfg.BackendURL, "file://"); ok {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, job.Wrap(job.CodeFailedPrecondition, err, "create backend directory")
+		}
+	}
+	for _, dir := range []string{cfg.Home, workspacesDir(cfg)} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, job.Wrap(job.CodeFailedPrecondition, err, "create %s", dir)
+		}
+	}
+	cmd, err := pulumiCommand(cfg)
+	if err != nil {
+		return nil, job.Wrap(job.CodeFailedPrecondition, err, "use the Pulumi CLI at %s", cfg.PulumiBin)
+	}
+	m := &Manager{
+		cfg: cfg,
+		log: cfg.Logger,
+		cmd: cmd,
+		env: map[string]string{
+			"PULUMI_HOME":        cfg.Home,
+			"PULUMI_BACKEND_URL": cfg.BackendURL,
+			// Always the resolved passphrase, so that neither a passphrase file nor a
+			// passphrase in the service's own environment can disagree with it.
+			"PULUMI_CONFIG_PASSPHRASE":      passphrase,
+			"PULUMI_CONFIG_PASSPHRASE_FILE": "",
+			"PULUMI_SKIP_UPDATE_CHECK":      "true",
+			// Offline by design: plugins come from PULUMI_HOME only, never a download and
+			// never a stray binary on PATH.
+			"PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+			"PULUMI_IGNORE_AMBIENT_PLUGINS":               "true",
+		},
+		project: workspace.Project{
+			Name:    Project,
+			Runtime: workspace.NewProjectRuntimeInfo("go", nil),
+			Backend: &workspace.ProjectBackend{URL: cfg.BackendURL},
+		},
+		locks: map[string]*stackLock{},
+	}
+	if err := m.ensurePlugin(ctx); err != nil {
+		return nil, err
+	}
+	m.log.Info("stacks ready", "backend", redactURL(cfg.BackendURL), "pulumi_home", cfg.Home,
+		"pulumi", cfg.PulumiBin, "plugin_version", version.Version)
+	return m, nil
+}
+
+func workspacesDir(cfg Config) string { return filepath.Join(cfg.Home, "understudy-workspaces") }
+
+// pulumiCommand wraps the pinned CLI. The Automation API looks for <root>/bin/pulumi, so a
+// binary anywhere else is reached through a symlink under PULUMI_HOME.
+func pulumiCommand(cfg Config) (auto.PulumiCommand, error) {
+	bin, err := filepath.Abs(cfg.PulumiBin)
+	if err != nil {
+		return nil, err
+	}
+	root := filepath.Dir(filepath.Dir(bin))
+	if filepath.Base(bin) != "pulumi" || filepath.Base(filepath.Dir(bin)) != "bin" {
+		root = filepath.Join(cfg.Home, "understudy-cli")
+		link := filepath.Join(root, "bin", "pulumi")
+		if err := os.MkdirAll(filepath.Dir(link), 0o700); err != nil {
+			return nil, err
+		}
+		_ = os.Remove(link)
+		if err := os.Symlink(bin, link); err != nil {
+			return nil, err
+		}
+	}
+	return auto.NewPulumiCommand(&auto.PulumiCommandOptions{Root: root})
+}
+
+// lockStack serialises operations on one stack inside this process.
+func (m *Manager) lockStack(name string) func() {
+	m.mu.Lock()
+	l, ok := m.locks[name]
+	if !ok {
+		l = &stackLock{}
+		m.locks[name] = l
+	}
+	l.refs++
+	m.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		m.mu.Lock()
+		l.refs--
+		if l.refs == 0 {
+			delete(m.locks, name)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// workspace makes a fresh local workspace in a directory of its own, removed by the
+// returned cleanup. Nothing of value lives there: state and tags are in the backend, and
+// the secrets salt is in the stack's state.
+func (m *Manager) workspace(ctx context.Context, program pulumi.RunFunc) (auto.Workspace, func(), error) {
+	dir, err := os.MkdirTemp(workspacesDir(m.cfg), "ws-")
+	if err != nil {
+		return nil, nil, job.Wrap(job.CodeUnavailable, err, "create workspace")
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	if program == nil {
+		// Destroy and the read-only commands never run the program.
+		program = func(*pulumi.Context) error { return nil }
+	}
+	ws, err := auto.NewLocalWorkspace(ctx,
+		auto.WorkDir(dir),
+		auto.Project(m.project),
+		auto.Program(program),
+		auto.PulumiHome(m.cfg.Home),
+		auto.Pulumi(m.cmd),
+		auto.EnvVars(m.env),
+		auto.SecretsProvider("passphrase"),
+	)
+	if err != nil {
+		cleanup()
+		return nil, nil, job.Wrap(job.CodeUnavailable, err, "create workspace")
+	}
+	return ws, cleanup, nil
+}
+
+func checkStackName(name string) error {
+	if !stackNamePattern.MatchString(name) {
+		return job.Errorf(job.CodeInvalidArgument, "stack name %q: want 1-100 letters, digits, '_', '.', '-'", name)
+	}
+	return nil
+}
+
+var stackNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)
+
+// Up creates or updates the job's stack from spec and returns its outputs. log receives
+// the engine's progress, one line at a time; it may be nil.
+func (m *Manager) Up(ctx context.Context, spec programs.Spec, log func(line string)) (programs.Outputs, error) {
+	prog, err := programs.For(spec.Provider)
+	if err != nil {
+		return programs.Outputs{}, err
+	}
+	if err := prog.Validate(spec); err != nil {
+		return programs.Outputs{}, err
+	}
+	unlock := m.lockStack(spec.TrainID)
+	defer unlock()
+	l := m.log.With("train_id", spec.TrainID, "stack", spec.TrainID, "provider", spec.Provider)
+	started := time.Now()
+
+	ws, cleanup, err := m.workspace(ctx, prog.Func(spec))
+	if err != nil {
+		return programs.Outputs{}, err
+	}
+	defer cleanup()
+	stack, err := auto.UpsertStack(ctx, spec.TrainID, ws)
+	if err != nil {
+		return programs.Outputs{}, m.classify(ctx, err, "select stack %s", spec.TrainID)
+	}
+	// Tags first, so that a stack whose update fails or is interrupted is still traceable
+	// to its job.
+	tags := programs.Tags(spec)
+	for _, key := range []string{programs.TagTrainID, programs.TagEndpointID, programs.TagVersion, programs.TagProvider} {
+		if tags[key] == "" {
+			continue
+		}
+		if err := ws.SetTag(ctx, spec.TrainID, key, tags[key]); err != nil {
+			return programs.Outputs{}, m.classify(ctx, err, "tag stack %s", spec.TrainID)
+		}
+	}
+	w := newLineWriter(log)
+	res, err := withStaleLockRecovery(ctx, stack, l, func() (auto.UpResult, error) {
+		return stack.Up(ctx, optup.ProgressStreams(w), optup.ErrorProgressStreams(w))
+	})
+	w.Flush()
+	if err != nil {
+		l.Warn("stack up failed", "phase", "up", "error", err, "duration", time.Since(started))
+		return programs.Outputs{}, m.classify(ctx, err, "update stack %s", spec.TrainID)
+	}
+	out, err := programs.DecodeOutputs(plainOutputs(res.Outputs))
+	if err != nil {
+		return programs.Outputs{}, err
+	}
+	l.Info("stack up", "phase", "up", "instance_id", out.InstanceID, "duration", time.Since(started))
+	return out, nil
+}
+
+// Destroy destroys the job's stack and removes it. A missing stack is success. It
+// recovers from an interrupted update: a lock whose process is gone is cleared, and
+// pending operations are dropped before the destroy.
+func (m *Manager) Destroy(ctx context.Context, trainID string, log func(line string)) error {
+	if err := checkStackName(trainID); err != nil {
+		return err
+	}
+	unlock := m.lockStack(trainID)
+	defer unlock()
+	l := m.log.With("train_id", trainID, "stack", trainID)
+	started := time.Now()
+
+	ws, cleanup, err := m.workspace(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	stack, err := auto.SelectStack(ctx, trainID, ws)
+	if auto.IsSelectStack404Error(err) {
+		l.Info("stack already gone", "phase", "destroy")
+		return nil
+	}
+	if err != nil {
+		return m.classify(ctx, err, "select stack %s", trainID)
+	}
+	if err := m.dropPendingOperations(ctx, stack, l); err != nil {
+		return err
+	}
+	w := newLineWriter(log)
+	_, err = withStaleLockRecovery(ctx, stack, l, func() (auto.DestroyResult, error) {
+		return stack.Destroy(ctx, optdestroy.ProgressStreams(w), optdestroy.ErrorProgressStreams(w))
+	})
+	w.Flush()
+	if err != nil {
+		l.Warn("stack destroy failed", "phase", "destroy", "error", err)
+		return m.classify(ctx, err, "destroy stack %s", trainID)
+	}
+	if err := ws.RemoveStack(ctx, trainID); err != nil {
+		return m.classify(ctx, err, "remove stack %s", trainID)
+	}
+	l.Info("stack destroyed", "phase", "destroy", "duration", time.Since(started))
+	return nil
+}
+
+// Outputs returns the outputs of the job's stack: job.CodeNotFound when there is no such
+// stack, job.CodeFailedPrecondition when it has never been updated successfully.
+func (m *Manager) Outputs(ctx context.Context, trainID string) (programs.Outputs, error) {
+	if err := checkStackName(trainID); err != nil {
+		return programs.Outputs{}, err
+	}
+	ws, cleanup, err := m.workspace(ctx, nil)
+	if err != nil {
+		return programs.Outputs{}, err
+	}
+	defer cleanup()
+	stack, err := auto.SelectStack(ctx, trainID, ws)
+	if auto.IsSelectStack404Error(err) {
+		return programs.Outputs{}, job.Errorf(job.CodeNotFound, "no stack %s", trainID)
+	}
+	if err != nil {
+		return programs.Outputs{}, m.classify(ctx, err, "select stack %s", trainID)
+	}
+	outs, err := stack.Outputs(ctx)
+	if err != nil {
+		return programs.Outputs{}, m.classify(ctx, err, "read outputs of stack %s", trainID)
+	}
+	if len(outs) == 0 {
+		return programs.Outputs{}, job.Errorf(job.CodeFailedPrecondition, "stack %s has no outputs", trainID)
+	}
+	return programs.DecodeOutputs(plainOutputs(outs))
+}
+
+// List returns every stack of the project, sorted by name.
+func (m *Manager) List(ctx context.Context) ([]Summary, error) {
+	ws, cleanup, err := m.workspace(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	stacks, err := ws.ListStacks(ctx)
+	if err != nil {
+		return nil, m.classify(ctx, err, "list stacks")
+	}
+	out := make([]Summary, 0, len(stacks))
+	for _, s := range stacks {
+		sum := Summary{Name: s.Name, UpdateInProgress: s.UpdateInProgress}
+		if s.ResourceCount != nil {
+			sum.ResourceCount = *s.ResourceCount
+		}
+		if s.LastUpdate != "" {
+			if t, err := time.Parse(time.RFC3339, s.LastUpdate); err == nil {
+				sum.LastUpdate = t
+			}
+		}
+		tags, err := ws.ListTags(ctx, s.Name)
+		if err != nil {
+			// The stack may have been removed since the listing.
+			if auto.IsSelectStack404Error(err) || strings.Contains(err.Error(), "no stack named") {
+				continue
+			}
+			return nil, m.classify(ctx, err, "read tags of stack %s", s.Name)
+		}
+		sum.Tags = tags
+		out = append(out, sum)
+	}
+	slices.SortFunc(out, func(a, b Summary) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// withStaleLockRecovery runs op; when it fails because the stack is locked and every lock
+// holder is a process of this host that no longer runs, it clears the locks (pulumi
+// cancel) and runs op once more. A lock held by a live process is left alone.
+func withStaleLockRecovery[T any](ctx context.Context, stack auto.Stack, l *slog.Logger, op func() (T, error)) (T, error) {
+	res, err := op()
+	if err == nil || !auto.IsConcurrentUpdateError(err) || ctx.Err() != nil {
+		return res, err
+	}
+	if !lockIsStale(err.Error()) {
+		return res, err
+	}
+	l.Warn("clearing stale stack lock", "phase", "recover")
+	if cerr := stack.Cancel(ctx); cerr != nil {
+		return res, errors.Join(err, cerr)
+	}
+	return op()
+}
+
+var lockHolderPattern = regexp.MustCompile(`created by \S*@(\S+) \(pid (\d+)\)`)
+
+// lockIsStale reports whether the diy backend's lock message names only holders on this
+// host whose processes are gone.
+func lockIsStale(msg string) bool {
+	holders := lockHolderPattern.FindAllStringSubmatch(msg, -1)
+	if len(holders) == 0 {
+		return false
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return false
+	}
+	for _, h := range holders {
+		pid, err := strconv.Atoi(h[2])
+		if err != nil || h[1] != host || processAlive(pid) {
+			return false
+		}
+	}
+	return true
+}
+
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return syscall.Kill(pid, 0) == nil
+	}
+	if i := bytes.LastIndexByte(data, ')'); i >= 0 && i+2 < len(data) {
+		switch data[i+2] {
+		case 'Z', 'X', 'x':
+			return false
+		}
+	}
+	return true
+}
+
+// dropPendingOperations removes the pending operations an interrupted update left in the
+// stack's state (the documented export / edit / import repair). Pending deletes and
+// updates concern resources still in state, which the destroy then deletes; a pending
+// create may have made a resource the state does not know, so each is logged.
+func (m *Manager) dropPendingOperations(ctx context.Context, stack auto.Stack, l *slog.Logger) error {
+	dep, err := stack.Export(ctx)
+	if err != nil {
+		return m.classify(ctx, err, "export stack %s", stack.Name())
+	}
+	if len(dep.Deployment) == 0 {
+		return nil
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(dep.Deployment, &doc); err != nil {
+		return job.Wrap(job.CodeInternal, err, "read state of stack %s", stack.Name())
+	}
+	raw, ok := doc["pending_operations"]
+	if !ok {
+		return nil
+	}
+	var ops []struct {
+		Type     string `json:"type"`
+		Resource struct {
+			URN  string `json:"urn"`
+			Type string `json:"type"`
+		} `json:"resource"`
+	}
+	if err := json.Unmarshal(raw, &ops); err != nil {
+		return job.Wrap(job.CodeInternal, err, "read pending operations of stack %s", stack.Name())
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	for _, op := range ops {
+		l.Warn("dropping pending operation of an interrupted update", "phase", "recover",
+			"operation", op.Type, "urn", op.Resource.URN, "resource_type", op.Resource.Type,
+			"note", "a pending create may have left a resource the stack does not track")
+	}
+	delete(doc, "pending_operations")
+	edited, err := json.Marshal(doc)
+	if err != nil {
+		return job.Wrap(job.CodeInternal, err, "edit state of stack %s", stack.Name())
+	}
+	_, err = withStaleLockRecovery(ctx, stack, l, func() (struct{}, error) {
+		return struct{}{}, stack.Import(ctx, apitype.UntypedDeployment{Version: dep.Version, Deployment: edited})
+	})
+	if err != nil {
+		return m.classify(ctx, err, "import repaired state of stack %s", stack.Name())
+	}
+	return nil
+}
+
+// classify wraps err with the code callers branch on.
+func (m *Manager) classify(ctx context.Context, err error, format string, args ...any) error {
+	var jerr *job.Error
+	switch {
+	case errors.As(err, &jerr):
+		return err
+	case ctx.Err() != nil:
+		return job.Wrap(job.CodeCanceled, err, format+": canceled", args...)
+	case auto.IsConcurrentUpdateError(err):
+		return job.Wrap(job.CodeUnavailable, err, format+": another update holds the stack's lock", args...)
+	case auto.IsCompilationError(err), auto.IsRuntimeError(err):
+		return job.Wrap(job.CodeInternal, err, format+": the program failed", args...)
+	}
+	return job.Wrap(job.CodeUnavailable, err, format, args...)
+}
+
+// plainOutputs drops the secret markers of stack outputs; no contract output is secret.
+func plainOutputs(outs auto.OutputMap) map[string]any {
+	m := make(map[string]any, len(outs))
+	for k, v := range outs {
+		m[k] = v.Value
+	}
+	return m
+}
+
+// redactURL hides credentials in a backend URL before it is logged.
+func redactURL(u string) string {
+	if i := strings.Index(u, "@"); i >= 0 {
+		if j := strings.Index(u, "://"); j >= 0 && j < i {
+			return u[:j+3] + "****" + u[i:]
+		}
+	}
+	return u
+}
+
+// lineWriter hands complete lines to a callback.
+type lineWriter struct {
+	mu  sync.Mutex
+	fn  func(string)
+	buf []byte
+}
+
+func newLineWriter(fn func(string)) *lineWriter { return &lineWriter{fn: fn} }
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	if w.fn == nil {
+		return len(p), nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.fn(strings.TrimRight(string(w.buf[:i]), "\r"))
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+// Flush hands over a last line that has no newline.
+func (w *lineWriter) Flush() {
+	if w.fn == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) > 0 {
+		w.fn(strings.TrimRight(string(w.buf), "\r"))
+		w.buf = nil
+	}
+}
