@@ -67,15 +67,28 @@ type service struct {
 
 func newService(t *testing.T, bin, python string) *service {
 	t.Helper()
-	// The data dir must not be group- or world-writable anywhere up its path (sshd's
-	// StrictModes), so it is made 0700 under the test's temp dir.
-	data := filepath.Join(t.TempDir(), "data")
-	if err := os.MkdirAll(data, 0o700); err != nil {
+	// No directory up the data dir's path may be group- or world-writable (sshd's
+	// StrictModes refuses the worker's keys otherwise), which rules out the system's temp
+	// dir: the data dir goes under the user's cache dir.
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := filepath.Join(cache, "understudy-e2e")
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.MkdirTemp(parent, "data-")
+	if err != nil {
 		t.Fatal(err)
 	}
 	s := &service{t: t, bin: bin, python: python, data: data, token: "e2e-token-" + strconv.Itoa(os.Getpid())}
-	// Registered before anything starts: end every process of this data dir, by pid.
-	t.Cleanup(s.cleanup)
+	// Registered before anything starts: end every process of this data dir, by pid, then
+	// remove it.
+	t.Cleanup(func() {
+		s.cleanup()
+		os.RemoveAll(data)
+	})
 	return s
 }
 
@@ -238,6 +251,9 @@ func (s *service) waitFor(id string, timeout time.Duration, what string, cond fu
 		j := s.job(id)
 		if cond(j) {
 			return j
+		}
+		if j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled" {
+			s.t.Fatalf("job %s ended %s (error %+v) while waiting for %s", id, j.Status, j.Error, what)
 		}
 		if time.Now().After(deadline) {
 			s.t.Fatalf("job %s: waited %s for %s; it is %s (error %+v)", id, timeout, what, j.Status, j.Error)

@@ -62,9 +62,13 @@ func (p *stackProvisioner) Stacks(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Name jobs by their train_id tag: a long train_id's stack name is shortened.
 	names := make([]string, len(list))
 	for i, s := range list {
 		names[i] = s.Name
+		if id := s.Tags[programs.TagTrainID]; id != "" {
+			names[i] = id
+		}
 	}
 	return names, nil
 }

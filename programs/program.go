@@ -218,7 +218,7 @@ func Names() []string {
 func (p *Program) Name() string { return p.name }
 
 // trainIDPattern is what a stack name and a worker directory name both accept.
-var trainIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)
+var trainIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 
 // Validate checks spec for this program: the common fields, then the driver's own.
 // Every error is job.CodeInvalidArgument and names the bad field, never key material.
@@ -227,7 +227,7 @@ func (p *Program) Validate(spec Spec) error {
 		return job.Errorf(job.CodeInvalidArgument, "spec: "+format, args...)
 	}
 	if !trainIDPattern.MatchString(spec.TrainID) {
-		return bad("TrainID %q: want 1-100 letters, digits, '_', '.', '-'", spec.TrainID)
+		return bad("TrainID %q: want 1-128 letters, digits, '_', '.', '-'", spec.TrainID)
 	}
 	if spec.Provider != p.name {
 		return bad("Provider %q does not match program %q", spec.Provider, p.name)

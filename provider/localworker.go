@@ -31,7 +31,7 @@ const stopGrace = 5 * time.Second
 // readyTimeout bounds how long Create waits for a started sshd to accept connections.
 const readyTimeout = 15 * time.Second
 
-var trainIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)
+var trainIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 
 // LocalWorker is a machine on this host reached over real SSH: an OpenSSH sshd started for
 // one job only, listening on a free loopback port, that accepts exactly the job's key and
@@ -123,7 +123,7 @@ type checkedArgs struct {
 func checkArgs(in LocalWorkerArgs) (checkedArgs, error) {
 	var c checkedArgs
 	if !trainIDPattern.MatchString(in.TrainID) {
-		return c, fmt.Errorf("trainId %q: want 1-100 characters of letters, digits, '_', '.', '-'", in.TrainID)
+		return c, fmt.Errorf("trainId %q: want 1-128 characters of letters, digits, '_', '.', '-'", in.TrainID)
 	}
 	signer, err := ssh.ParsePrivateKey([]byte(in.HostPrivateKey))
 	if err != nil {

@@ -117,13 +117,14 @@ func Dial(ctx context.Context, t Target, opts *Options) (*Client, error) {
 		HostKeyAlgorithms: hostKeyAlgorithms(pinned),
 	}
 
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
 	defer cancel()
 
 	d := net.Dialer{KeepAlive: 30 * time.Second}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, dialError(ctx, err, "dial machine")
+		return nil, dialError(parent, ctx, err, "dial machine")
 	}
 	// ssh.NewClientConn takes no context: a deadline bounds it, and cancelling ctx closes
 	// the socket under it.
@@ -145,7 +146,7 @@ func Dial(ctx context.Context, t Target, opts *Options) (*Client, error) {
 			// x/crypto/ssh has no typed error for a refused key.
 			return nil, job.Wrap(job.CodeUnauthenticated, err, "log in to machine")
 		}
-		return nil, dialError(ctx, err, "handshake with machine")
+		return nil, dialError(parent, ctx, err, "handshake with machine")
 	}
 	_ = nc.SetDeadline(time.Time{})
 
@@ -164,13 +165,18 @@ func Dial(ctx context.Context, t Target, opts *Options) (*Client, error) {
 	return c, nil
 }
 
-func dialError(ctx context.Context, err error, msg string) error {
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		if errors.Is(ctxErr, context.DeadlineExceeded) {
-			// A machine that does not answer in time is worth another try.
-			return job.Wrap(job.CodeUnavailable, fmt.Errorf("%w: %w", ctxErr, err), "%s", msg)
+// dialError classifies a failed dial: the caller's context ended (Canceled), or the
+// machine could not be reached or did not answer within the dial timeout (Unavailable,
+// worth another try).
+func dialError(parent, dial context.Context, err error, msg string) error {
+	if ctxErr := parent.Err(); ctxErr != nil {
+		if !errors.Is(err, ctxErr) {
+			err = fmt.Errorf("%w: %w", ctxErr, err)
 		}
-		return job.Wrap(job.CodeCanceled, fmt.Errorf("%w: %w", ctxErr, err), "%s", msg)
+		return job.Wrap(job.CodeCanceled, err, "%s", msg)
+	}
+	if ctxErr := dial.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
+		err = fmt.Errorf("%w: %w", ctxErr, err)
 	}
 	return job.Wrap(job.CodeUnavailable, err, "%s", msg)
 }

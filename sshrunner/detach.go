@@ -32,6 +32,18 @@ const (
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
+// shellRunFuncs defines, for scripts run in a work directory, same_boot (the machine has
+// not rebooted since the run started, as far as it can tell) and alive (the run's process
+// exists). A process id from before a reboot may name an unrelated process now.
+const shellRunFuncs = `same_boot() {
+	[ -s ` + bootIDFile + ` ] && [ -r /proc/sys/kernel/random/boot_id ] || return 0
+	[ "$(cat ` + bootIDFile + `)" = "$(cat /proc/sys/kernel/random/boot_id)" ]
+}
+alive() {
+	[ -s ` + pidFile + ` ] && same_boot && kill -0 "$(cat ` + pidFile + `)" 2>/dev/null
+}
+`
+
 // Start starts command with sh in workDir (created if missing) detached from the
 // connection: in a session of its own under setsid and nohup, stdout appended to
 // progress.jsonl, stderr appended to stderr.log, its process id in pid, and its exit status
@@ -78,12 +90,12 @@ echo "$child" >` + pidFile + `.tmp && mv -f ` + pidFile + `.tmp ` + pidFile + `
 wait "$child"; rc=$?
 echo "$rc" >` + exitCodeFile + `.tmp && mv -f ` + exitCodeFile + `.tmp ` + exitCodeFile
 
-	launcher := `set -e
+	launcher := shellRunFuncs + `set -e
 mkdir -p -- ` + shellQuote(workDir) + `
 cd -- ` + shellQuote(workDir) + `
 if command -v flock >/dev/null 2>&1; then exec 9>>.start.lock; flock 9; fi
 if [ -e ` + exitCodeFile + ` ]; then echo exited; exit 0; fi
-if [ -s ` + pidFile + ` ] && kill -0 "$(cat ` + pidFile + `)" 2>/dev/null; then echo running; exit 0; fi
+if alive; then echo running; exit 0; fi
 rm -f ` + pidFile + `
 setsid nohup sh -c ` + shellQuote(supervisor) + ` >/dev/null 2>&1 </dev/null 9>&- &
 i=0
@@ -120,9 +132,10 @@ func (c *Client) Signal(ctx context.Context, workDir string, sig string) error {
 	if !signalNames[sig] {
 		return job.Errorf(job.CodeInvalidArgument, "signal run: unsupported signal %q", sig)
 	}
-	script := `cd -- ` + shellQuote(workDir) + ` 2>/dev/null || exit 3
+	script := shellRunFuncs + `cd -- ` + shellQuote(workDir) + ` 2>/dev/null || exit 3
 [ -s ` + pidFile + ` ] || exit 3
 [ -e ` + exitCodeFile + ` ] && exit 0
+same_boot || exit 4
 pid=$(cat ` + pidFile + `)
 kill -s ` + sig + ` -- "-$pid" 2>/dev/null && exit 0
 kill -s ` + sig + ` "$pid" 2>/dev/null && exit 0

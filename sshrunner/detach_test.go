@@ -363,6 +363,55 @@ func TestFollowProcessLost(t *testing.T) {
 	}
 }
 
+// TestFollowAfterReboot fakes a reboot by changing the boot id the run recorded: the
+// process id in pid no longer counts, even though (here) it is still alive.
+func TestFollowAfterReboot(t *testing.T) {
+	t.Parallel()
+	srv := sshdtest.Start(t)
+	c := dial(t, srv.Target())
+	ctx := testContext(t)
+	dir := filepath.Join(t.TempDir(), "job")
+	killRunAtCleanup(t, dir)
+
+	if err := c.Start(ctx, dir, `echo '{"started":true}'; sleep 60`, nil); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	waitFile(t, filepath.Join(dir, "boot_id"))
+	if err := os.WriteFile(filepath.Join(dir, "boot_id"), []byte("00000000-0000-0000-0000-000000000000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lines, _, err := follow(ctx, c, dir, 0)
+	if !errors.Is(err, sshrunner.ErrProcessLost) || job.ReasonOf(err) != "process_lost" {
+		t.Fatalf("Follow after a reboot: %v, want process_lost", err)
+	}
+	if len(lines) != 1 {
+		t.Errorf("lines %v, want the one line", lines)
+	}
+	if err := c.Signal(ctx, dir, "KILL"); job.ReasonOf(err) != "process_lost" {
+		t.Errorf("Signal after a reboot: %v, want reason process_lost", err)
+	}
+	// Start runs it again rather than trusting the old process id, which here still names
+	// the first run: end that one too at cleanup.
+	old := t.TempDir()
+	for _, name := range []string{"pid"} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(old, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	killRunAtCleanup(t, old)
+	if err := c.Start(ctx, dir, `echo '{"again":true}'`, nil); err != nil {
+		t.Fatalf("Start after a reboot: %v", err)
+	}
+	lines, code, err := follow(ctx, c, dir, lines[0].end)
+	if err != nil || code != 0 || len(lines) != 1 || lines[0].text != `{"again":true}` {
+		t.Errorf("Follow of the new run: %v, %d, %v", lines, code, err)
+	}
+}
+
 func TestFollowNoRun(t *testing.T) {
 	t.Parallel()
 	srv := sshdtest.Start(t)

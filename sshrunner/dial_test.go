@@ -131,33 +131,40 @@ func TestDialRefusedClientKey(t *testing.T) {
 	}
 }
 
-// TestDialCancelled dials a listener that accepts TCP but never speaks SSH: only the
-// context can end the handshake.
-func TestDialCancelled(t *testing.T) {
-	t.Parallel()
-	srv := sshdtest.Start(t) // for a valid key pair
+// silentListener accepts TCP connections and never speaks SSH: only a context or a timeout
+// can end a handshake with it. It returns the port.
+func silentListener(t *testing.T) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	accepted := make(chan net.Conn, 1)
+	var accepted []net.Conn
+	done := make(chan struct{})
 	go func() {
-		c, err := l.Accept()
-		if err == nil {
-			accepted <- c
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted = append(accepted, c)
 		}
-		close(accepted)
 	}()
 	t.Cleanup(func() {
 		l.Close()
-		for c := range accepted {
+		<-done
+		for _, c := range accepted {
 			c.Close()
 		}
 	})
+	return l.Addr().(*net.TCPAddr).Port
+}
 
+func TestDialCancelled(t *testing.T) {
+	t.Parallel()
+	srv := sshdtest.Start(t) // for a valid key pair
 	target := srv.Target()
-	target.Port = l.Addr().(*net.TCPAddr).Port
+	target.Port = silentListener(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	time.AfterFunc(200*time.Millisecond, cancel)
 	start := time.Now()
@@ -174,6 +181,24 @@ func TestDialCancelled(t *testing.T) {
 	}
 	if got := job.CodeOf(err); got != job.CodeCanceled {
 		t.Errorf("code = %s, want %s (error %v)", got, job.CodeCanceled, err)
+	}
+}
+
+func TestDialTimeout(t *testing.T) {
+	t.Parallel()
+	srv := sshdtest.Start(t)
+	target := srv.Target()
+	target.Port = silentListener(t)
+	c, err := sshrunner.Dial(testContext(t), target, &sshrunner.Options{DialTimeout: 300 * time.Millisecond})
+	if err == nil {
+		c.Close()
+		t.Fatal("Dial to a silent server succeeded")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("error %v does not wrap context.DeadlineExceeded", err)
+	}
+	if got := job.CodeOf(err); got != job.CodeUnavailable {
+		t.Errorf("code = %s, want %s (error %v)", got, job.CodeUnavailable, err)
 	}
 }
 

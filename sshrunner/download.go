@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/pkg/sftp"
 	"gocloud.dev/blob"
@@ -50,12 +49,15 @@ type DownloadOptions struct {
 	ChunkSize      int
 	ParallelChunks int
 	// Connections is how many SSH connections carry the data: this Client's plus
-	// Connections-1 dialled for the download and closed after it; default 2. Each
-	// connection has its own sshd process and cipher stream, so several use more than one
-	// core on each end, and over a long path more than one TCP window. Chunks of a large
-	// file are spread over all of them. If an extra connection cannot be made, the
+	// Connections-1 dialled for the download and closed after it; default 2. Sessions is
+	// how many SFTP sessions share them, round robin; default 4. Chunks of a large file
+	// are spread over all sessions. Each session has its own SSH flow-control window
+	// (2 MiB in x/crypto/ssh, which caps one session at 2 MiB per round trip over a long
+	// path) and its own SFTP server process; each connection its own TCP window, cipher
+	// stream and sshd process. If an extra connection or session cannot be made, the
 	// download goes on with those that could.
 	Connections int
+	Sessions    int
 	// ContentType of the stored objects; default application/octet-stream.
 	ContentType string
 }
@@ -76,6 +78,9 @@ func (o *DownloadOptions) withDefaults() DownloadOptions {
 	}
 	if r.Connections <= 0 {
 		r.Connections = 2
+	}
+	if r.Sessions <= 0 {
+		r.Sessions = 4
 	}
 	if r.ContentType == "" {
 		r.ContentType = "application/octet-stream"
@@ -126,6 +131,7 @@ func (c *Client) Download(ctx context.Context, remoteDir string, bucket *blob.Bu
 
 	sftps := []*sftp.Client{sc}
 	if totalSize(files) > int64(o.ChunkSize) {
+		conns := []*Client{c}
 		for range o.Connections - 1 {
 			extra, err := Dial(ctx, c.target, &c.opts)
 			if err != nil {
@@ -133,9 +139,12 @@ func (c *Client) Download(ctx context.Context, remoteDir string, bucket *blob.Bu
 				break
 			}
 			defer extra.Close()
-			esc, edone, err := extra.openSFTP(ctx, "download files", sftpOpts...)
+			conns = append(conns, extra)
+		}
+		for i := 1; i < max(o.Sessions, len(conns)); i++ {
+			esc, edone, err := conns[i%len(conns)].openSFTP(ctx, "download files", sftpOpts...)
 			if err != nil {
-				c.log.Warn("extra connection for download failed, going on without it", "err", err)
+				c.log.Warn("extra SFTP session for download failed, going on without it", "err", err)
 				break
 			}
 			defer edone()
@@ -148,7 +157,9 @@ func (c *Client) Download(ctx context.Context, remoteDir string, bucket *blob.Bu
 		bucket: bucket,
 		prefix: prefix,
 		opts:   o,
-		pool:   sync.Pool{New: func() any { b := make([]byte, o.ChunkSize); return &b }},
+		// Enough to never allocate in steady state: per file, the chunks read ahead and
+		// the one being consumed.
+		pool: newBufferPool(o.ChunkSize, o.ParallelFiles*(o.ParallelChunks+2)),
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -240,14 +251,16 @@ type downloader struct {
 	bucket *blob.Bucket
 	prefix string
 	opts   DownloadOptions
-	pool   sync.Pool // *[]byte of ChunkSize
+	pool   *bufferPool
 }
 
+// pieceSize is the unit pipe hashes and writes.
+const pieceSize = 64 << 10
+
 type chunk struct {
-	buf  *[]byte
-	n    int
-	err  error
-	refs atomic.Int32
+	buf *[]byte
+	n   int
+	err error
 }
 
 // copyFile copies the nth file f into the bucket and returns its sha256. Chunks are read
@@ -306,9 +319,8 @@ func (d *downloader) copyFile(ctx context.Context, remoteDir string, f File, n i
 }
 
 // pipe reads size bytes of a file open as handles, ParallelChunks chunks at a time, chunk
-// i through handles[i%len(handles)], and feeds them in order to h and to dst. Hashing and
-// writing run side by side, so a large file costs the slower of the two rather than their
-// sum. It returns the bytes written to dst.
+// i through handles[i%len(handles)], and feeds them in order to h and to dst. It returns
+// the bytes written to dst.
 func (d *downloader) pipe(ctx context.Context, handles []*sftp.File, size int64, h hash.Hash, dst io.Writer) (int64, error) {
 	chunkSize := int64(d.opts.ChunkSize)
 	nChunks := int((size + chunkSize - 1) / chunkSize)
@@ -317,7 +329,7 @@ func (d *downloader) pipe(ctx context.Context, handles []*sftp.File, size int64,
 	}
 	// One channel per chunk, handed out in order; the channel's capacity bounds chunks
 	// read ahead (and so memory) to ParallelChunks.
-	results := make(chan chan *chunk, d.opts.ParallelChunks)
+	results := make(chan chan chunk, d.opts.ParallelChunks)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -325,89 +337,83 @@ func (d *downloader) pipe(ctx context.Context, handles []*sftp.File, size int64,
 		for i := range nChunks {
 			off := int64(i) * chunkSize
 			n := min(chunkSize, size-off)
-			ch := make(chan *chunk, 1)
+			ch := make(chan chunk, 1)
 			select {
 			case results <- ch:
 			case <-stop:
 				return
 			}
 			wg.Go(func() {
-				buf := d.pool.Get().(*[]byte)
+				buf := d.pool.get()
 				got, err := readFull(handles[i%len(handles)], (*buf)[:n], off)
-				c := &chunk{buf: buf, n: got, err: err}
-				c.refs.Store(2) // the hash and the writer
-				ch <- c
+				ch <- chunk{buf: buf, n: got, err: err}
 			})
 		}
 	})
-
-	// The writer stores chunks in order while this goroutine hashes them. After an error
-	// it only gives buffers back.
-	toWrite := make(chan *chunk, d.opts.ParallelChunks)
-	writeFailed := make(chan struct{})
-	writerDone := make(chan struct{})
-	var written int64
-	var writeErr error
-	go func() {
-		defer close(writerDone)
-		for c := range toWrite {
-			if writeErr == nil {
-				m, err := dst.Write((*c.buf)[:c.n])
-				written += int64(m)
-				if err != nil {
-					writeErr = err
-					close(writeFailed)
-				}
-			}
-			d.release(c)
+	defer func() {
+		close(stop)
+		// Give back the buffers of chunks read but not consumed.
+		for ch := range results {
+			d.pool.put((<-ch).buf)
 		}
+		wg.Wait()
 	}()
 
-	var err error
+	var written int64
 	for ch := range results {
 		c := <-ch
 		if c.err != nil {
-			err = c.err
-			d.release(c)
-			d.release(c)
-			break
+			d.pool.put(c.buf)
+			return written, c.err
 		}
-		toWrite <- c
-		h.Write((*c.buf)[:c.n])
-		d.release(c)
-		if err = ctx.Err(); err != nil || isClosed(writeFailed) {
-			break
+		// Hash and store a small piece at a time, so that the write copies from a cache
+		// the hash has just warmed: measurably cheaper than hashing and writing whole
+		// chunks of several MiB.
+		for b := (*c.buf)[:c.n]; len(b) > 0; {
+			piece := b[:min(len(b), pieceSize)]
+			h.Write(piece)
+			m, err := dst.Write(piece)
+			written += int64(m)
+			if err != nil {
+				d.pool.put(c.buf)
+				return written, job.Wrap(storageCode(err), err, "write to storage")
+			}
+			b = b[len(piece):]
+		}
+		d.pool.put(c.buf)
+		if err := ctx.Err(); err != nil {
+			return written, err
 		}
 	}
-	close(toWrite)
-	<-writerDone
-	close(stop)
-	// Give back the buffers of chunks read but not consumed.
-	for ch := range results {
-		c := <-ch
-		d.release(c)
-		d.release(c)
-	}
-	wg.Wait()
-	if writeErr != nil {
-		return written, job.Wrap(storageCode(writeErr), writeErr, "write to storage")
-	}
-	return written, err
+	return written, nil
 }
 
-func isClosed(ch <-chan struct{}) bool {
+// bufferPool keeps up to a fixed number of chunk buffers for the whole download. Unlike a
+// sync.Pool it is not emptied by every garbage collection, which the download's packet
+// garbage triggers often: buffers stay mapped instead of being faulted in again.
+type bufferPool struct {
+	size int
+	free chan *[]byte
+}
+
+func newBufferPool(size, keep int) *bufferPool {
+	return &bufferPool{size: size, free: make(chan *[]byte, keep)}
+}
+
+func (p *bufferPool) get() *[]byte {
 	select {
-	case <-ch:
-		return true
+	case b := <-p.free:
+		return b
 	default:
-		return false
+		b := make([]byte, p.size)
+		return &b
 	}
 }
 
-// release drops one reference to c's buffer and returns it to the pool after the last.
-func (d *downloader) release(c *chunk) {
-	if c.refs.Add(-1) == 0 && c.buf != nil {
-		d.pool.Put(c.buf)
+func (p *bufferPool) put(b *[]byte) {
+	select {
+	case p.free <- b:
+	default:
 	}
 }
 

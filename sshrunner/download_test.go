@@ -1,6 +1,7 @@
 package sshrunner_test
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/fileblob"
@@ -189,4 +191,38 @@ func TestDownloadExpected(t *testing.T) {
 	if job.CodeOf(err) != job.CodeNotFound {
 		t.Errorf("Download of a missing dir: %v, want code %s", err, job.CodeNotFound)
 	}
+}
+
+func TestDownloadCancelled(t *testing.T) {
+	t.Parallel()
+	srv := sshdtest.Start(t)
+	c := dial(t, srv.Target())
+	remote := t.TempDir()
+	// Sparse: large to copy, nothing on disk.
+	if err := os.Truncate(mustCreate(t, filepath.Join(remote, "model.safetensors")), 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	bucket, _ := openBucket(t)
+	ctx, cancel := context.WithCancel(testContext(t))
+	time.AfterFunc(300*time.Millisecond, cancel)
+	_, err := c.Download(ctx, remote, bucket, "w", nil)
+	if job.CodeOf(err) != job.CodeCanceled {
+		t.Fatalf("Download cancelled midway: %v, want code %s", err, job.CodeCanceled)
+	}
+	if ok, err := bucket.Exists(context.Background(), "w/model.safetensors"); err != nil || ok {
+		t.Errorf("a cancelled download stored the file (exists %v, %v)", ok, err)
+	}
+	// The connection still works.
+	if _, err := c.Run(testContext(t), "true"); err != nil {
+		t.Errorf("Run after a cancelled Download: %v", err)
+	}
+}
+
+func mustCreate(t *testing.T, name string) string {
+	f, err := os.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return name
 }

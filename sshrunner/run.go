@@ -31,11 +31,12 @@ func (c *Client) Run(ctx context.Context, cmd string) ([]byte, error) {
 // session's signal request on for root logins, and closing a session does not end a command
 // that has no terminal; but it does close the command's stdin. So the command runs in a
 // process group of its own, and a watcher that reads the session's stdin kills that group
-// when it sees end of file.
+// when it sees end of file. The watcher kills the process itself too, and the group again
+// a second later: the hangup can come before setsid has made the group.
 func killOnHangup(cmd string) string {
 	script := `exec 3<&0 </dev/null
 setsid sh -c ` + shellQuote(cmd) + ` 3<&- & p=$!
-(read -r _ <&3; kill -KILL -"$p" 2>/dev/null) & w=$!
+(read -r _ <&3; kill -KILL "$p" -"$p"; sleep 1; kill -KILL -"$p") >/dev/null 2>&1 & w=$!
 exec 3<&-
 wait "$p"; rc=$?
 kill "$w" 2>/dev/null

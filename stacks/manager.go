@@ -3,6 +3,8 @@ package stacks
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -191,14 +193,28 @@ func (m *Manager) workspace(ctx context.Context, program pulumi.RunFunc) (auto.W
 	return ws, cleanup, nil
 }
 
-func checkStackName(name string) error {
-	if !stackNamePattern.MatchString(name) {
-		return job.Errorf(job.CodeInvalidArgument, "stack name %q: want 1-100 letters, digits, '_', '.', '-'", name)
+// maxStackName is Pulumi's limit on a stack name.
+const maxStackName = 100
+
+// StackName is the name of a job's stack: the train_id itself, or for a train_id longer
+// than Pulumi allows, its first 83 characters, "-" and 16 hex digits of its sha256. The
+// stack's train_id tag always holds the full id.
+func StackName(trainID string) string {
+	if len(trainID) <= maxStackName {
+		return trainID
 	}
-	return nil
+	sum := sha256.Sum256([]byte(trainID))
+	return trainID[:maxStackName-17] + "-" + hex.EncodeToString(sum[:])[:16]
 }
 
-var stackNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)
+// stackNameFor checks trainID and returns its stack's name.
+func stackNameFor(trainID string) (string, error) {
+	if !job.IDPattern.MatchString(trainID) {
+		return "", job.Errorf(job.CodeInvalidArgument, "train_id %q: want 1-128 letters, digits, '_', '.', '-'", trainID)
+	}
+	return StackName(trainID), nil
+}
+
 
 // Up creates or updates the job's stack from spec and returns its outputs. log receives
 // the engine's progress, one line at a time; it may be nil.
@@ -210,9 +226,10 @@ func (m *Manager) Up(ctx context.Context, spec programs.Spec, log func(line stri
 	if err := prog.Validate(spec); err != nil {
 		return programs.Outputs{}, err
 	}
-	unlock := m.lockStack(spec.TrainID)
+	name := StackName(spec.TrainID)
+	unlock := m.lockStack(name)
 	defer unlock()
-	l := m.log.With("train_id", spec.TrainID, "stack", spec.TrainID, "provider", spec.Provider)
+	l := m.log.With("train_id", spec.TrainID, "stack", name, "provider", spec.Provider)
 	started := time.Now()
 
 	ws, cleanup, err := m.workspace(ctx, prog.Func(spec))
@@ -220,9 +237,9 @@ func (m *Manager) Up(ctx context.Context, spec programs.Spec, log func(line stri
 		return programs.Outputs{}, err
 	}
 	defer cleanup()
-	stack, err := auto.UpsertStack(ctx, spec.TrainID, ws)
+	stack, err := auto.UpsertStack(ctx, name, ws)
 	if err != nil {
-		return programs.Outputs{}, m.classify(ctx, err, "select stack %s", spec.TrainID)
+		return programs.Outputs{}, m.classify(ctx, err, "select stack %s", name)
 	}
 	// Tags first, so that a stack whose update fails or is interrupted is still traceable
 	// to its job.
@@ -231,18 +248,19 @@ func (m *Manager) Up(ctx context.Context, spec programs.Spec, log func(line stri
 		if tags[key] == "" {
 			continue
 		}
-		if err := ws.SetTag(ctx, spec.TrainID, key, tags[key]); err != nil {
-			return programs.Outputs{}, m.classify(ctx, err, "tag stack %s", spec.TrainID)
+		if err := ws.SetTag(ctx, name, key, tags[key]); err != nil {
+			return programs.Outputs{}, m.classify(ctx, err, "tag stack %s", name)
 		}
 	}
-	w := newLineWriter(log)
+	diag := &diagnostics{}
+	w := newLineWriter(diag.tee(log))
 	res, err := withStaleLockRecovery(ctx, stack, l, func() (auto.UpResult, error) {
 		return stack.Up(ctx, optup.ProgressStreams(w), optup.ErrorProgressStreams(w))
 	})
 	w.Flush()
 	if err != nil {
 		l.Warn("stack up failed", "phase", "up", "error", err, "duration", time.Since(started))
-		return programs.Outputs{}, m.classify(ctx, err, "update stack %s", spec.TrainID)
+		return programs.Outputs{}, m.classify(ctx, err, "update stack %s%s", name, diag.suffix())
 	}
 	out, err := programs.DecodeOutputs(plainOutputs(res.Outputs))
 	if err != nil {
@@ -256,12 +274,13 @@ func (m *Manager) Up(ctx context.Context, spec programs.Spec, log func(line stri
 // recovers from an interrupted update: a lock whose process is gone is cleared, and
 // pending operations are dropped before the destroy.
 func (m *Manager) Destroy(ctx context.Context, trainID string, log func(line string)) error {
-	if err := checkStackName(trainID); err != nil {
+	name, err := stackNameFor(trainID)
+	if err != nil {
 		return err
 	}
-	unlock := m.lockStack(trainID)
+	unlock := m.lockStack(name)
 	defer unlock()
-	l := m.log.With("train_id", trainID, "stack", trainID)
+	l := m.log.With("train_id", trainID, "stack", name)
 	started := time.Now()
 
 	ws, cleanup, err := m.workspace(ctx, nil)
@@ -269,28 +288,29 @@ func (m *Manager) Destroy(ctx context.Context, trainID string, log func(line str
 		return err
 	}
 	defer cleanup()
-	stack, err := auto.SelectStack(ctx, trainID, ws)
+	stack, err := auto.SelectStack(ctx, name, ws)
 	if auto.IsSelectStack404Error(err) {
 		l.Info("stack already gone", "phase", "destroy")
 		return nil
 	}
 	if err != nil {
-		return m.classify(ctx, err, "select stack %s", trainID)
+		return m.classify(ctx, err, "select stack %s", name)
 	}
 	if err := m.dropPendingOperations(ctx, stack, l); err != nil {
 		return err
 	}
-	w := newLineWriter(log)
+	diag := &diagnostics{}
+	w := newLineWriter(diag.tee(log))
 	_, err = withStaleLockRecovery(ctx, stack, l, func() (auto.DestroyResult, error) {
 		return stack.Destroy(ctx, optdestroy.ProgressStreams(w), optdestroy.ErrorProgressStreams(w))
 	})
 	w.Flush()
 	if err != nil {
 		l.Warn("stack destroy failed", "phase", "destroy", "error", err)
-		return m.classify(ctx, err, "destroy stack %s", trainID)
+		return m.classify(ctx, err, "destroy stack %s%s", name, diag.suffix())
 	}
-	if err := ws.RemoveStack(ctx, trainID); err != nil {
-		return m.classify(ctx, err, "remove stack %s", trainID)
+	if err := ws.RemoveStack(ctx, name); err != nil {
+		return m.classify(ctx, err, "remove stack %s", name)
 	}
 	l.Info("stack destroyed", "phase", "destroy", "duration", time.Since(started))
 	return nil
@@ -299,7 +319,8 @@ func (m *Manager) Destroy(ctx context.Context, trainID string, log func(line str
 // Outputs returns the outputs of the job's stack: job.CodeNotFound when there is no such
 // stack, job.CodeFailedPrecondition when it has never been updated successfully.
 func (m *Manager) Outputs(ctx context.Context, trainID string) (programs.Outputs, error) {
-	if err := checkStackName(trainID); err != nil {
+	name, err := stackNameFor(trainID)
+	if err != nil {
 		return programs.Outputs{}, err
 	}
 	ws, cleanup, err := m.workspace(ctx, nil)
@@ -307,19 +328,19 @@ func (m *Manager) Outputs(ctx context.Context, trainID string) (programs.Outputs
 		return programs.Outputs{}, err
 	}
 	defer cleanup()
-	stack, err := auto.SelectStack(ctx, trainID, ws)
+	stack, err := auto.SelectStack(ctx, name, ws)
 	if auto.IsSelectStack404Error(err) {
-		return programs.Outputs{}, job.Errorf(job.CodeNotFound, "no stack %s", trainID)
+		return programs.Outputs{}, job.Errorf(job.CodeNotFound, "no stack %s", name)
 	}
 	if err != nil {
-		return programs.Outputs{}, m.classify(ctx, err, "select stack %s", trainID)
+		return programs.Outputs{}, m.classify(ctx, err, "select stack %s", name)
 	}
 	outs, err := stack.Outputs(ctx)
 	if err != nil {
-		return programs.Outputs{}, m.classify(ctx, err, "read outputs of stack %s", trainID)
+		return programs.Outputs{}, m.classify(ctx, err, "read outputs of stack %s", name)
 	}
 	if len(outs) == 0 {
-		return programs.Outputs{}, job.Errorf(job.CodeFailedPrecondition, "stack %s has no outputs", trainID)
+		return programs.Outputs{}, job.Errorf(job.CodeFailedPrecondition, "stack %s has no outputs", name)
 	}
 	return programs.DecodeOutputs(plainOutputs(outs))
 }
@@ -510,6 +531,39 @@ type lineWriter struct {
 	mu  sync.Mutex
 	fn  func(string)
 	buf []byte
+}
+
+// diagnostics keeps the engine's last error lines, which name what went wrong (the provider
+// writes them for people), so that a failed update's message can carry them.
+type diagnostics struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (d *diagnostics) tee(next func(string)) func(string) {
+	return func(line string) {
+		if t := strings.TrimSpace(line); strings.HasPrefix(t, "error:") && !strings.Contains(t, "update failed") {
+			d.mu.Lock()
+			d.lines = append(d.lines, strings.TrimSpace(strings.TrimPrefix(t, "error:")))
+			if len(d.lines) > 3 {
+				d.lines = d.lines[1:]
+			}
+			d.mu.Unlock()
+		}
+		if next != nil {
+			next(line)
+		}
+	}
+}
+
+// suffix is ": <last error lines>" or "".
+func (d *diagnostics) suffix() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.lines) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(d.lines, "; ")
 }
 
 func newLineWriter(fn func(string)) *lineWriter { return &lineWriter{fn: fn} }

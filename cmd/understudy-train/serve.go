@@ -37,6 +37,7 @@ type Config struct {
 	PulumiBin     string
 	PluginBin     string
 	LocalPython   string
+	RuntimeDir    string
 	LogFormat     string
 	LogLevel      string
 }
@@ -83,6 +84,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.PulumiBin, "pulumi", os.Getenv("UNDERSTUDY_PULUMI"), "Pulumi CLI (default: pulumi next to this binary, else PATH)")
 	fs.StringVar(&cfg.PluginBin, "provider-plugin", os.Getenv("UNDERSTUDY_PROVIDER_PLUGIN"), "pulumi-resource-understudy (default: next to this binary)")
 	fs.StringVar(&cfg.LocalPython, "local-python", os.Getenv("UNDERSTUDY_LOCAL_PYTHON"), "Python interpreter for jobs on the local provider (default: bootstrap one)")
+	fs.StringVar(&cfg.RuntimeDir, "runtime-dir", os.Getenv("UNDERSTUDY_RUNTIME_DIR"), "ship the training runtime from this directory instead of the embedded one (development)")
 	fs.StringVar(&cfg.LogFormat, "log-format", envOr("UNDERSTUDY_LOG_FORMAT", "text"), "text or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", envOr("UNDERSTUDY_LOG_LEVEL", "info"), "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -143,11 +145,19 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	runtime := trainer.FS()
+	if cfg.RuntimeDir != "" {
+		if st, err := os.Stat(filepath.Join(cfg.RuntimeDir, "launch.sh")); err != nil || st.IsDir() {
+			return usageError("--runtime-dir " + cfg.RuntimeDir + " has no launch.sh")
+		}
+		runtime = os.DirFS(cfg.RuntimeDir)
+		log.Warn("shipping a runtime from a directory instead of the embedded one", "dir", cfg.RuntimeDir)
+	}
 	prov := lifecycle.NewStackProvisioner(mgr, programs.LocalConfig{BaseDir: filepath.Join(dataDir, "workers")})
 	drv, err := lifecycle.New(lifecycle.Config{
 		DataDir:       dataDir,
 		MaxConcurrent: cfg.MaxConcurrent,
-		Runtime:       trainer.FS(),
+		Runtime:       runtime,
 		WeightsURL:    weights.BaseURI,
 		CallbackURL:   cfg.PublicURL,
 		Python:        map[string]string{"local": cfg.LocalPython},

@@ -1,9 +1,3 @@
-// Package sshdtest runs a real OpenSSH sshd on loopback for tests, configured the way the
-// local worker runs one per job: its own config, host key and authorized_keys in a private
-// directory, listening on 127.0.0.1 on a free port, with internal-sftp.
-//
-// Every server is stopped by its process id when the test ends, after checking that the id
-// still names that server's sshd; nothing is ever stopped by name.
 package sshdtest
 
 import (

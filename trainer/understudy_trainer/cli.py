@@ -16,7 +16,7 @@ import time
 import traceback
 
 from . import hparams, progress
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, INTERNAL, INVALID_HYPERPARAMETERS, OUT_OF_MEMORY, BadInput, TrainerError
+from .errors import EXIT_FAILED, EXIT_OK, INTERNAL, INVALID_HYPERPARAMETERS, OUT_OF_MEMORY, BadInput, TrainerError
 
 EXIT_FILE_ENV = "UNDERSTUDY_EXIT_FILE"
 

@@ -205,7 +205,8 @@ class Run:
         if self.resume_state and self.resume_state.get("total_steps") != self.total_steps:
             self.emit.log("checkpoint's schedule differs from this run's; starting afresh", "warning")
             self.resume_state, self.resume_path = None, None
-        if not o.resume and self.dist.main:
+        if self.resume_state is None and self.dist.main:
+            # Checkpoints of another run would outrank this run's when the last two are kept.
             checkpoint.remove_all(o.checkpoint_dir)
 
     def _resolve_hyperparameters(self):
@@ -506,8 +507,11 @@ class Run:
         out = os.path.abspath(o.output_dir)
         parent = os.path.dirname(out)
         os.makedirs(parent, exist_ok=True)
+        base = os.path.basename(out)
+        for entry in os.listdir(parent):  # left by a run that died while saving
+            if entry.startswith((f"{base}.tmp-", f"{base}.old-")):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
         tmp = f"{out}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         model = unwrap(self.model)
         if self.lora:
             model = model.merge_and_unload()
