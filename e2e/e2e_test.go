@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/understudy-ai/training-service/internal/servicetest"
 )
 
 func startBody(id, model, dataset string, pairs int, hp map[string]any) map[string]any {
@@ -22,39 +24,40 @@ func startBody(id, model, dataset string, pairs int, hp map[string]any) map[stri
 
 // assertTornDown checks that nothing of the job is left: no stack (through the API and
 // through the Pulumi CLI an operator would use), no process, no key.
-func assertTornDown(t *testing.T, s *service, id string) {
+func assertTornDown(t *testing.T, s *servicetest.Service, id string) {
 	t.Helper()
-	if names := s.stackNames(); slices.Contains(names, id) {
+	if names := s.StackNames(); slices.Contains(names, id) {
 		t.Errorf("stack %s still listed: %v", id, names)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if ls := s.pulumiStackLs(ctx); strings.Contains(ls, `"`+id+`"`) {
+	if ls := s.PulumiStackLs(ctx); strings.Contains(ls, `"`+id+`"`) {
 		t.Errorf("pulumi stack ls still shows %s:\n%s", id, ls)
 	}
-	if pids := s.processes(); s.cmd != nil && len(pids) > 1 || s.cmd == nil && len(pids) > 0 {
+	_, running := s.Running()
+	if pids := s.Processes(); running && len(pids) > 1 || !running && len(pids) > 0 {
 		t.Errorf("processes of the data dir still running: %v", pids)
 	}
-	if _, err := os.Stat(filepath.Join(s.data, "keys", id)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(s.Data, "keys", id)); !os.IsNotExist(err) {
 		t.Errorf("key dir of %s still exists (%v)", id, err)
 	}
-	if entries, _ := os.ReadDir(filepath.Join(s.data, "workers")); len(entries) > 0 {
+	if entries, _ := os.ReadDir(filepath.Join(s.Data, "workers")); len(entries) > 0 {
 		t.Errorf("worker dirs left: %v", entries)
 	}
 }
 
 func TestTrainEndToEnd(t *testing.T) {
-	bin, python, model := prerequisites(t)
-	s := newService(t, bin, python)
-	s.start()
-	dataset := writePairs(t, 48)
-	var j jobView
-	code := s.request("POST", "/api/v1/training/start", startBody("e2e-ok", model, dataset, 48,
+	bin, python, model := servicetest.Prerequisites(t)
+	s := servicetest.New(t, bin, python)
+	s.Start()
+	dataset := servicetest.WritePairs(t, 48)
+	var j servicetest.Job
+	code := s.Request("POST", "/api/v1/training/start", startBody("e2e-ok", model, dataset, 48,
 		map[string]any{"epochs": 2, "max_seq_len": 64, "batch_size": 8}), &j)
 	if code != 202 {
 		t.Fatalf("start: %d %+v", code, j)
 	}
-	j = s.waitFor("e2e-ok", 5*time.Minute, "a terminal status", func(j jobView) bool {
+	j = s.WaitFor("e2e-ok", 5*time.Minute, "a terminal status", func(j servicetest.Job) bool {
 		return j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled"
 	})
 	if j.Status != "completed" {
@@ -64,7 +67,7 @@ func TestTrainEndToEnd(t *testing.T) {
 		t.Fatalf("progress/machine not recorded: %+v %+v", j.Progress, j.Machine)
 	}
 	root := strings.TrimPrefix(j.WeightsURI, "file://")
-	if root != filepath.Join(s.data, "weights", "ep-e2e", "v1", "e2e-ok")+"/" {
+	if root != filepath.Join(s.Data, "weights", "ep-e2e", "v1", "e2e-ok")+"/" {
 		t.Fatalf("weights_uri = %s", j.WeightsURI)
 	}
 	var sawWeights, sawManifest bool
@@ -92,7 +95,7 @@ func TestTrainEndToEnd(t *testing.T) {
 	var evs struct {
 		Events []struct{ Type, Status string } `json:"events"`
 	}
-	s.request("GET", "/api/v1/training/e2e-ok/events", nil, &evs)
+	s.Request("GET", "/api/v1/training/e2e-ok/events", nil, &evs)
 	var statuses []string
 	for _, e := range evs.Events {
 		if e.Type == "status" {
@@ -106,21 +109,21 @@ func TestTrainEndToEnd(t *testing.T) {
 }
 
 func TestCancelMidTraining(t *testing.T) {
-	bin, python, model := prerequisites(t)
-	s := newService(t, bin, python)
-	s.start()
-	dataset := writePairs(t, 400)
-	if code := s.request("POST", "/api/v1/training/start", startBody("e2e-cancel", model, dataset, 400,
+	bin, python, model := servicetest.Prerequisites(t)
+	s := servicetest.New(t, bin, python)
+	s.Start()
+	dataset := servicetest.WritePairs(t, 400)
+	if code := s.Request("POST", "/api/v1/training/start", startBody("e2e-cancel", model, dataset, 400,
 		map[string]any{"epochs": 100, "max_seq_len": 64, "batch_size": 4}), nil); code != 202 {
 		t.Fatalf("start: %d", code)
 	}
-	s.waitFor("e2e-cancel", 5*time.Minute, "training steps", func(j jobView) bool {
+	s.WaitFor("e2e-cancel", 5*time.Minute, "training steps", func(j servicetest.Job) bool {
 		return j.Status == "training" && j.Progress.Step >= 1
 	})
-	if code := s.request("POST", "/api/v1/training/e2e-cancel/cancel", nil, nil); code != 202 {
+	if code := s.Request("POST", "/api/v1/training/e2e-cancel/cancel", nil, nil); code != 202 {
 		t.Fatalf("cancel: %d", code)
 	}
-	j := s.waitFor("e2e-cancel", 3*time.Minute, "cancelled", func(j jobView) bool { return j.Status == "cancelled" || j.Status == "failed" })
+	j := s.WaitFor("e2e-cancel", 3*time.Minute, "cancelled", func(j servicetest.Job) bool { return j.Status == "cancelled" || j.Status == "failed" })
 	if j.Status != "cancelled" {
 		t.Fatalf("ended %s: %+v", j.Status, j.Error)
 	}
@@ -128,24 +131,24 @@ func TestCancelMidTraining(t *testing.T) {
 }
 
 func TestServiceKilledMidTrainingResumes(t *testing.T) {
-	bin, python, model := prerequisites(t)
-	s := newService(t, bin, python)
-	s.start()
-	dataset := writePairs(t, 200)
-	if code := s.request("POST", "/api/v1/training/start", startBody("e2e-restart", model, dataset, 200,
+	bin, python, model := servicetest.Prerequisites(t)
+	s := servicetest.New(t, bin, python)
+	s.Start()
+	dataset := servicetest.WritePairs(t, 200)
+	if code := s.Request("POST", "/api/v1/training/start", startBody("e2e-restart", model, dataset, 200,
 		map[string]any{"epochs": 4, "max_seq_len": 64, "batch_size": 4}), nil); code != 202 {
 		t.Fatalf("start: %d", code)
 	}
-	before := s.waitFor("e2e-restart", 5*time.Minute, "training steps", func(j jobView) bool {
+	before := s.WaitFor("e2e-restart", 5*time.Minute, "training steps", func(j servicetest.Job) bool {
 		return j.Status == "training" && j.Progress.Step >= 1
 	})
-	s.kill()
+	s.Kill()
 	// The machine and its detached run outlive the service.
-	if pids := s.processes(); len(pids) == 0 {
+	if pids := s.Processes(); len(pids) == 0 {
 		t.Fatal("the job's machine died with the service")
 	}
-	s.start()
-	j := s.waitFor("e2e-restart", 5*time.Minute, "a terminal status", func(j jobView) bool {
+	s.Start()
+	j := s.WaitFor("e2e-restart", 5*time.Minute, "a terminal status", func(j servicetest.Job) bool {
 		return j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled"
 	})
 	if j.Status != "completed" || j.Progress.Step < before.Progress.Step {

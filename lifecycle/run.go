@@ -320,10 +320,8 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 
 // upload lays out the job directory on the machine and starts the runtime detached.
 func (d *Driver) upload(ctx context.Context, j *job.Job, sess Session) error {
+	// Upload makes the directories it needs (over SFTP: no shell session, no login scripts).
 	wd := workDir(*j.Machine)
-	if _, err := sess.Run(ctx, "mkdir -p "+shellQuote(wd)+"/data && chmod 700 "+shellQuote(wd)); err != nil {
-		return err
-	}
 	if err := sess.Upload(ctx, d.cfg.Runtime, path.Join(wd, "runtime")); err != nil {
 		return err
 	}
@@ -399,7 +397,6 @@ func localModelDir(slm string) (string, bool) {
 	abs, err := filepath.Abs(p)
 	return abs, err == nil
 }
-
 
 // follow streams progress until the runtime exits, reconnecting when the SSH connection
 // drops, and turns the exit into success or a failure with the runtime's own error code.

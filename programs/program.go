@@ -296,11 +296,24 @@ func (e Exports) unset() []string {
 }
 
 // Func returns the Pulumi program for spec: Deploy, then export every contract output.
-func (p *Program) Func(spec Spec) pulumi.RunFunc {
+func (p *Program) Func(spec Spec) pulumi.RunFunc { return p.FuncNotify(spec, nil) }
+
+// FuncNotify is Func that also calls ready, once, as soon as every contract output is
+// known during an update: the machine exists and the engine has recorded it, although the
+// update may still be finishing its bookkeeping.
+func (p *Program) FuncNotify(spec Spec, ready func(Outputs)) pulumi.RunFunc {
 	return func(ctx *pulumi.Context) error {
 		e, err := p.Deploy(ctx, spec)
 		if err != nil {
 			return err
+		}
+		if ready != nil {
+			pulumi.All(e.Host, e.Port, e.User, e.HostKey, e.InstanceID, e.WorkDir, e.GPU, e.HourlyPrice).ApplyT(
+				func(v []any) (int, error) {
+					ready(Outputs{Host: v[0].(string), Port: v[1].(int), User: v[2].(string), HostKey: v[3].(string),
+						InstanceID: v[4].(string), WorkDir: v[5].(string), GPU: v[6].(string), HourlyPrice: v[7].(float64)})
+					return 0, nil
+				})
 		}
 		ctx.Export(OutputHost, e.Host)
 		ctx.Export(OutputPort, e.Port)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -175,7 +176,12 @@ func dialError(parent, dial context.Context, err error, msg string) error {
 		}
 		return job.Wrap(job.CodeCanceled, err, "%s", msg)
 	}
-	if ctxErr := dial.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
+	ctxErr := dial.Err()
+	if ctxErr == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The socket deadline, which is the dial deadline, can fire before the context's.
+		ctxErr = context.DeadlineExceeded
+	}
+	if ctxErr != nil && !errors.Is(err, ctxErr) {
 		err = fmt.Errorf("%w: %w", ctxErr, err)
 	}
 	return job.Wrap(job.CodeUnavailable, err, "%s", msg)
@@ -274,7 +280,6 @@ func (c *Client) openSFTP(ctx context.Context, msg string, opts ...sftp.ClientOp
 	stopAfter := context.AfterFunc(ctx, func() { _ = sc.Close() })
 	return sc, func() { stopAfter(); _ = sc.Close() }, nil
 }
-
 
 // readBufferSize is the read buffer put under the SSH transport, whose own buffer is 4 KiB:
 // reading the socket in large pieces saves system calls when weights stream in.

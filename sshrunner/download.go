@@ -49,7 +49,7 @@ type DownloadOptions struct {
 	ChunkSize      int
 	ParallelChunks int
 	// Connections is how many SSH connections carry the data: this Client's plus
-	// Connections-1 dialled for the download and closed after it; default 2. Sessions is
+	// Connections-1 dialled for the download and closed after it; default 1. Sessions is
 	// how many SFTP sessions share them, round robin; default 4. Chunks of a large file
 	// are spread over all sessions. Each session has its own SSH flow-control window
 	// (2 MiB in x/crypto/ssh, which caps one session at 2 MiB per round trip over a long
@@ -77,7 +77,7 @@ func (o *DownloadOptions) withDefaults() DownloadOptions {
 		r.ParallelChunks = 4
 	}
 	if r.Connections <= 0 {
-		r.Connections = 2
+		r.Connections = 1
 	}
 	if r.Sessions <= 0 {
 		r.Sessions = 4

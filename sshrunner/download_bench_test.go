@@ -105,7 +105,8 @@ func BenchmarkDownload(b *testing.B) {
 		run  func(dst string) (cpu float64, err error)
 	}{
 		{"sshrunner", download(nil)},
-		{"sshrunner-1conn", download(&sshrunner.DownloadOptions{Connections: 1})},
+		{"sshrunner-2conn", download(&sshrunner.DownloadOptions{Connections: 2})},
+		{"sshrunner-1sess", download(&sshrunner.DownloadOptions{Sessions: 1})},
 		{"scp", openSSH("scp", "", "-q", "-r", "-P", port, srv.User+"@127.0.0.1:{src}", "{dst}/")},
 		{"sftp", openSSH("sftp", "get -r {src} {dst}\n", "-q", "-b", "-", "-P", port, srv.User+"@127.0.0.1")},
 	}

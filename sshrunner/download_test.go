@@ -91,7 +91,9 @@ func TestDownloadVerify(t *testing.T) {
 	want := writeOutputDir(t, remote)
 	bucket, bucketDir := openBucket(t)
 
-	got, err := c.Download(ctx, remote, bucket, "jobs/j1/weights/", &sshrunner.DownloadOptions{ChunkSize: 1 << 20})
+	// Small chunks over two connections and three sessions: chunks of one file come back
+	// through different sessions and must still be stored in order.
+	got, err := c.Download(ctx, remote, bucket, "jobs/j1/weights/", &sshrunner.DownloadOptions{ChunkSize: 1 << 20, Connections: 2, Sessions: 3})
 	if err != nil {
 		t.Fatalf("Download: %v", err)
 	}

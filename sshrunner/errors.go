@@ -15,7 +15,7 @@ import (
 // ExitError reports a command that ran and exited with a non-zero status.
 type ExitError struct {
 	Code   int
-	Stderr []byte // the command's stderr, at most maxStderr bytes (the tail)
+	Stderr []byte // the tail of the command's stderr, at most 64 KiB
 }
 
 func (e *ExitError) Error() string {

@@ -2,8 +2,9 @@ package sshrunner
 
 import "strings"
 
-// shellQuote quotes s as one word for a POSIX shell: single quotes, with each single quote
-// inside written as '\''. Nothing inside single quotes is expanded.
+// shellQuote quotes s as one word for a POSIX shell: between single quotes, where nothing
+// is expanded; a single quote inside ends the quoting, is escaped with a backslash, and
+// the quoting resumes.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

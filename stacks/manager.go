@@ -40,6 +40,9 @@ type Manager struct {
 
 	mu    sync.Mutex
 	locks map[string]*stackLock // per stack name
+	// settled names the stacks whose last update in this process finished cleanly, so
+	// their destroy can skip the check for pending operations.
+	settled map[string]bool
 }
 
 type stackLock struct {
@@ -108,7 +111,8 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 			Runtime: workspace.NewProjectRuntimeInfo("go", nil),
 			Backend: &workspace.ProjectBackend{URL: cfg.BackendURL},
 		},
-		locks: map[string]*stackLock{},
+		locks:   map[string]*stackLock{},
+		settled: map[string]bool{},
 	}
 	if err := m.ensurePlugin(ctx); err != nil {
 		return nil, err
@@ -215,7 +219,6 @@ func stackNameFor(trainID string) (string, error) {
 	return StackName(trainID), nil
 }
 
-
 // Up creates or updates the job's stack from spec and returns its outputs. log receives
 // the engine's progress, one line at a time; it may be nil.
 func (m *Manager) Up(ctx context.Context, spec programs.Spec, log func(line string)) (programs.Outputs, error) {
@@ -228,46 +231,140 @@ func (m *Manager) Up(ctx context.Context, spec programs.Spec, log func(line stri
 	}
 	name := StackName(spec.TrainID)
 	unlock := m.lockStack(name)
-	defer unlock()
 	l := m.log.With("train_id", spec.TrainID, "stack", name, "provider", spec.Provider)
 	started := time.Now()
+	m.setSettled(name, false)
 
-	ws, cleanup, err := m.workspace(ctx, prog.Func(spec))
+	// The program reports the machine as soon as the engine has created and recorded it;
+	// the update's own bookkeeping afterwards (reading outputs and history back, two or three
+	// CLI runs) need not delay the job.
+	ready := make(chan programs.Outputs, 1)
+	notify := func(o programs.Outputs) {
+		select {
+		case ready <- o:
+		default:
+		}
+	}
+	ws, cleanup, err := m.workspace(ctx, prog.FuncNotify(spec, notify))
 	if err != nil {
+		unlock()
 		return programs.Outputs{}, err
 	}
-	defer cleanup()
-	stack, err := auto.UpsertStack(ctx, name, ws)
+	release := func() {
+		cleanup()
+		unlock()
+	}
+	// Create first: a new job's stack does not exist, and a failed select costs a CLI run.
+	stack, err := auto.NewStack(ctx, name, ws)
+	if auto.IsCreateStack409Error(err) {
+		stack, err = auto.SelectStack(ctx, name, ws)
+	}
 	if err != nil {
+		release()
 		return programs.Outputs{}, m.classify(ctx, err, "select stack %s", name)
 	}
-	// Tags first, so that a stack whose update fails or is interrupted is still traceable
-	// to its job.
+	// The train_id tag first, so that a stack whose update fails or is interrupted is still
+	// traceable to its job (a long train_id's stack name is shortened).
 	tags := programs.Tags(spec)
-	for _, key := range []string{programs.TagTrainID, programs.TagEndpointID, programs.TagVersion, programs.TagProvider} {
-		if tags[key] == "" {
-			continue
-		}
-		if err := ws.SetTag(ctx, name, key, tags[key]); err != nil {
-			return programs.Outputs{}, m.classify(ctx, err, "tag stack %s", name)
-		}
+	if err := ws.SetTag(ctx, name, programs.TagTrainID, tags[programs.TagTrainID]); err != nil {
+		release()
+		return programs.Outputs{}, m.classify(ctx, err, "tag stack %s", name)
 	}
+
+	// The update runs under its own context: cancelling ctx interrupts it only until the
+	// machine is reported; after that the update is left to finish recording it.
+	upCtx, upCancel := context.WithCancel(context.WithoutCancel(ctx))
+	reported := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			upCancel()
+		case <-reported:
+		}
+	}()
+	type result struct {
+		res auto.UpResult
+		err error
+	}
+	done := make(chan result, 1)
 	diag := &diagnostics{}
 	w := newLineWriter(diag.tee(log))
-	res, err := withStaleLockRecovery(ctx, stack, l, func() (auto.UpResult, error) {
-		return stack.Up(ctx, optup.ProgressStreams(w), optup.ErrorProgressStreams(w))
-	})
-	w.Flush()
-	if err != nil {
-		l.Warn("stack up failed", "phase", "up", "error", err, "duration", time.Since(started))
-		return programs.Outputs{}, m.classify(ctx, err, "update stack %s%s", name, diag.suffix())
+	go func() {
+		res, err := withStaleLockRecovery(upCtx, stack, l, func() (auto.UpResult, error) {
+			return stack.Up(upCtx, optup.ProgressStreams(w), optup.ErrorProgressStreams(w))
+		})
+		w.Flush()
+		done <- result{res, err}
+	}()
+
+	var out programs.Outputs
+	select {
+	case out = <-ready:
+		close(reported)
+	case r := <-done:
+		close(reported)
+		upCancel()
+		if r.err != nil {
+			release()
+			l.Warn("stack up failed", "phase", "up", "error", r.err, "duration", time.Since(started))
+			return programs.Outputs{}, m.classify(ctx, r.err, "update stack %s%s", name, diag.suffix())
+		}
+		// An update that changed nothing reports no new values: read the recorded ones.
+		if out, err = programs.DecodeOutputs(plainOutputs(r.res.Outputs)); err != nil {
+			release()
+			return programs.Outputs{}, err
+		}
+		done <- r
 	}
-	out, err := programs.DecodeOutputs(plainOutputs(res.Outputs))
-	if err != nil {
-		return programs.Outputs{}, err
-	}
-	l.Info("stack up", "phase", "up", "instance_id", out.InstanceID, "duration", time.Since(started))
+	l.Info("machine up", "phase", "up", "instance_id", out.InstanceID, "duration", time.Since(started))
+
+	// Finish in the background, still holding the stack's lock so that a destroy waits:
+	// the update's end, then the remaining tags (one CLI run each).
+	go func() {
+		defer release()
+		defer upCancel()
+		r := <-done
+		if r.err != nil {
+			l.Error("stack update failed after the machine was reported", "phase", "up", "error", r.err)
+			return
+		}
+		m.setSettled(name, true)
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		for _, key := range []string{programs.TagEndpointID, programs.TagVersion, programs.TagProvider} {
+			if tags[key] == "" {
+				continue
+			}
+			if err := ws.SetTag(tctx, name, key, tags[key]); err != nil {
+				l.Warn("tag stack", "tag", key, "error", err)
+			}
+		}
+		l.Info("stack up", "phase", "up", "duration", time.Since(started))
+	}()
 	return out, nil
+}
+
+// Settle waits until the work an Up of the job left in the background (the end of the
+// update, the remaining tags) is done.
+func (m *Manager) Settle(trainID string) {
+	unlock := m.lockStack(StackName(trainID))
+	unlock()
+}
+
+func (m *Manager) setSettled(name string, v bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v {
+		m.settled[name] = true
+	} else {
+		delete(m.settled, name)
+	}
+}
+
+func (m *Manager) isSettled(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.settled[name]
 }
 
 // Destroy destroys the job's stack and removes it. A missing stack is success. It
@@ -296,8 +393,10 @@ func (m *Manager) Destroy(ctx context.Context, trainID string, log func(line str
 	if err != nil {
 		return m.classify(ctx, err, "select stack %s", name)
 	}
-	if err := m.dropPendingOperations(ctx, stack, l); err != nil {
-		return err
+	if !m.isSettled(name) {
+		if err := m.dropPendingOperations(ctx, stack, l); err != nil {
+			return err
+		}
 	}
 	diag := &diagnostics{}
 	w := newLineWriter(diag.tee(log))
@@ -306,12 +405,14 @@ func (m *Manager) Destroy(ctx context.Context, trainID string, log func(line str
 	})
 	w.Flush()
 	if err != nil {
+		m.setSettled(name, false)
 		l.Warn("stack destroy failed", "phase", "destroy", "error", err)
 		return m.classify(ctx, err, "destroy stack %s%s", name, diag.suffix())
 	}
 	if err := ws.RemoveStack(ctx, name); err != nil {
 		return m.classify(ctx, err, "remove stack %s", name)
 	}
+	m.setSettled(name, false)
 	l.Info("stack destroyed", "phase", "destroy", "duration", time.Since(started))
 	return nil
 }

@@ -32,6 +32,8 @@ func TestOperatorCLIDestroysStack(t *testing.T) {
 	if _, err := m.Up(ctx, localSpec(t, id, newJobKeys(t), base), nil); err != nil {
 		t.Fatalf("Up: %v", err)
 	}
+	// Up returns once the machine is reported; the rest of its tags follow.
+	m.Settle(id)
 
 	pulumi := func(args ...string) string {
 		t.Helper()

@@ -329,6 +329,9 @@ func TestConcurrentJobsAndList(t *testing.T) {
 		t.Errorf("workers share ports: %+v", outs)
 	}
 
+	for _, id := range ids {
+		m.Settle(id)
+	}
 	list, err := m.List(ctx)
 	if err != nil {
 		t.Fatalf("List: %v", err)

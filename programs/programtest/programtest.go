@@ -130,6 +130,26 @@ func Run(t *testing.T, h Harness) {
 	})
 	t.Run("Validate", func(t *testing.T) { testValidate(t, h, prog) })
 	t.Run("Deploy", func(t *testing.T) { testDeploy(t, h, prog) })
+	t.Run("NotifiesOutputs", func(t *testing.T) {
+		k := NewKeys(t)
+		spec := h.BaseSpec(t, k)
+		var got []programs.Outputs
+		err := pulumi.RunErr(prog.FuncNotify(spec, func(o programs.Outputs) { got = append(got, o) }),
+			pulumi.WithMocks("understudy-training", spec.TrainID, newMonitor(h)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 {
+			t.Fatalf("ready called %d times, want once", len(got))
+		}
+		o := got[0]
+		if o.Host == "" || o.Port < 1 || o.User == "" || o.InstanceID == "" || o.WorkDir == "" {
+			t.Errorf("reported outputs incomplete: %+v", o)
+		}
+		if o.HostKey != k.HostPublicKey {
+			t.Errorf("reported host key %q, want the public half of the spec's host key", o.HostKey)
+		}
+	})
 	t.Run("InvalidSpecRegistersNothing", func(t *testing.T) {
 		k := NewKeys(t)
 		spec := h.BaseSpec(t, k)

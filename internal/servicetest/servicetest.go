@@ -1,4 +1,7 @@
-package e2e
+// Package servicetest runs the real understudy-train binary for end-to-end tests and
+// benchmarks: one `serve` process on loopback with its own data dir, and the helpers to
+// drive it and to check that nothing of a job is left behind.
+package servicetest
 
 import (
 	"bufio"
@@ -19,11 +22,11 @@ import (
 	"time"
 )
 
-// prerequisites returns the bin dir, the runtime's Python and the tiny model, skipping the
+// Prerequisites returns the bin dir, the runtime's Python and the tiny model, skipping the
 // test when they are not built — except in CI, where a missing part is a failure.
-func prerequisites(t *testing.T) (bin, python, model string) {
+func Prerequisites(t testing.TB) (bin, python, model string) {
 	t.Helper()
-	root, _ := filepath.Abs("..")
+	root := repoRoot()
 	bin = envOr("UNDERSTUDY_BIN", filepath.Join(root, "bin"))
 	python = os.Getenv("UNDERSTUDY_LOCAL_PYTHON")
 	model = envOr("UNDERSTUDY_TINY_MODEL", filepath.Join(root, "build", "tiny-gpt2"))
@@ -54,18 +57,46 @@ func envOr(k, def string) string {
 }
 
 // service is one understudy-train serve process.
-type service struct {
-	t      *testing.T
+type Service struct {
+	// Data is the service's data dir; Addr its listen address once started.
+	Data  string
+	Addr  string
+	Token string
+	// Args and Env are added to the serve command line and environment.
+	Args []string
+	Env  []string
+
+	t      testing.TB
 	bin    string
 	python string
-	data   string
-	addr   string
-	token  string
 	cmd    *exec.Cmd
 	log    *bytes.Buffer
 }
 
-func newService(t *testing.T, bin, python string) *service {
+// Running reports whether the serve process is up, and its pid.
+func (s *Service) Running() (int, bool) {
+	if s.cmd == nil {
+		return 0, false
+	}
+	return s.cmd.Process.Pid, true
+}
+
+// repoRoot is the directory holding go.mod above the working directory.
+func repoRoot() string {
+	dir, _ := os.Getwd()
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return dir
+		}
+	}
+}
+
+// New prepares a service with a fresh data dir; Start runs it. Everything it starts is
+// ended, by pid, when the test ends.
+func New(t testing.TB, bin, python string) *Service {
 	t.Helper()
 	// No directory up the data dir's path may be group- or world-writable (sshd's
 	// StrictModes refuses the worker's keys otherwise), which rules out the system's temp
@@ -74,7 +105,7 @@ func newService(t *testing.T, bin, python string) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	parent := filepath.Join(cache, "understudy-e2e")
+	parent := filepath.Join(cache, "understudy-test")
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +113,7 @@ func newService(t *testing.T, bin, python string) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &service{t: t, bin: bin, python: python, data: data, token: "e2e-token-" + strconv.Itoa(os.Getpid())}
+	s := &Service{t: t, bin: bin, python: python, Data: data, Token: "test-token-" + strconv.Itoa(os.Getpid())}
 	// Registered before anything starts: end every process of this data dir, by pid, then
 	// remove it.
 	t.Cleanup(func() {
@@ -92,7 +123,7 @@ func newService(t *testing.T, bin, python string) *service {
 	return s
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -101,14 +132,15 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func (s *service) start() {
+func (s *Service) Start() {
 	s.t.Helper()
-	if s.addr == "" {
-		s.addr = freePort(s.t)
+	if s.Addr == "" {
+		s.Addr = freePort(s.t)
 	}
 	s.log = &bytes.Buffer{}
-	cmd := exec.Command(filepath.Join(s.bin, "understudy-train"), "serve", "--listen", s.addr, "--data-dir", s.data, "--max-concurrent", "4")
-	cmd.Env = append(os.Environ(), "UNDERSTUDY_API_TOKEN="+s.token, "UNDERSTUDY_LOCAL_PYTHON="+s.python)
+	args := append([]string{"serve", "--listen", s.Addr, "--data-dir", s.Data}, s.Args...)
+	cmd := exec.Command(filepath.Join(s.bin, "understudy-train"), args...)
+	cmd.Env = append(append(os.Environ(), "UNDERSTUDY_API_TOKEN="+s.Token, "UNDERSTUDY_LOCAL_PYTHON="+s.python), s.Env...)
 	cmd.Stdout = s.log
 	cmd.Stderr = s.log
 	if err := cmd.Start(); err != nil {
@@ -117,7 +149,7 @@ func (s *service) start() {
 	s.cmd = cmd
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get("http://" + s.addr + "/readyz")
+		resp, err := http.Get("http://" + s.Addr + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -131,15 +163,15 @@ func (s *service) start() {
 	}
 }
 
-// kill ends the service abruptly, as a crash would.
-func (s *service) kill() {
+// Kill ends the service abruptly, as a crash would.
+func (s *Service) Kill() {
 	s.cmd.Process.Signal(syscall.SIGKILL)
 	s.cmd.Wait()
 	s.cmd = nil
 }
 
-// stop ends the service as an operator would.
-func (s *service) stop() {
+// Stop ends the service as an operator would.
+func (s *Service) Stop() {
 	if s.cmd == nil {
 		return
 	}
@@ -157,18 +189,18 @@ func (s *service) stop() {
 
 // cleanup stops the service, then ends any process still running from this data dir:
 // each is found by its pid and its command line or environment naming the data dir.
-func (s *service) cleanup() {
-	s.stop()
+func (s *Service) cleanup() {
+	s.Stop()
 	if s.t.Failed() && s.log != nil {
 		s.t.Logf("service log:\n%s", s.log)
 	}
-	for _, pid := range s.processes() {
+	for _, pid := range s.Processes() {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 
-// processes lists the pids whose command line or environment mention the data dir.
-func (s *service) processes() []int {
+// Processes lists the pids whose command line or environment mention the data dir.
+func (s *Service) Processes() []int {
 	var out []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -178,22 +210,22 @@ func (s *service) processes() []int {
 		}
 		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		environ, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if bytes.Contains(cmdline, []byte(s.data)) || bytes.Contains(environ, []byte("UNDERSTUDY_WORKER="+s.data)) {
+		if bytes.Contains(cmdline, []byte(s.Data)) || bytes.Contains(environ, []byte("UNDERSTUDY_WORKER="+s.Data)) {
 			out = append(out, pid)
 		}
 	}
 	return out
 }
 
-func (s *service) request(method, path string, body any, out any) int {
+func (s *Service) Request(method, path string, body any, out any) int {
 	s.t.Helper()
 	var rd io.Reader
 	if body != nil {
 		raw, _ := json.Marshal(body)
 		rd = bytes.NewReader(raw)
 	}
-	req, _ := http.NewRequest(method, "http://"+s.addr+path, rd)
-	req.Header.Set("Authorization", "Bearer "+s.token)
+	req, _ := http.NewRequest(method, "http://"+s.Addr+path, rd)
+	req.Header.Set("Authorization", "Bearer "+s.Token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		s.t.Fatal(err)
@@ -208,7 +240,7 @@ func (s *service) request(method, path string, body any, out any) int {
 	return resp.StatusCode
 }
 
-type jobView struct {
+type Job struct {
 	TrainID  string `json:"train_id"`
 	Status   string `json:"status"`
 	Progress struct {
@@ -235,20 +267,20 @@ type jobView struct {
 	} `json:"error"`
 }
 
-func (s *service) job(id string) jobView {
-	var j jobView
-	if code := s.request("GET", "/api/v1/training/"+id+"/status", nil, &j); code != 200 {
+func (s *Service) Job(id string) Job {
+	var j Job
+	if code := s.Request("GET", "/api/v1/training/"+id+"/status", nil, &j); code != 200 {
 		s.t.Fatalf("status %s: %d", id, code)
 	}
 	return j
 }
 
-// waitFor polls until cond holds for the job or the deadline passes.
-func (s *service) waitFor(id string, timeout time.Duration, what string, cond func(jobView) bool) jobView {
+// WaitFor polls until cond holds for the job or the deadline passes.
+func (s *Service) WaitFor(id string, timeout time.Duration, what string, cond func(Job) bool) Job {
 	s.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		j := s.job(id)
+		j := s.Job(id)
 		if cond(j) {
 			return j
 		}
@@ -262,11 +294,11 @@ func (s *service) waitFor(id string, timeout time.Duration, what string, cond fu
 	}
 }
 
-func (s *service) stackNames() []string {
+func (s *Service) StackNames() []string {
 	var out struct {
 		Stacks []struct{ Name string } `json:"stacks"`
 	}
-	if code := s.request("GET", "/api/v1/stacks", nil, &out); code != 200 {
+	if code := s.Request("GET", "/api/v1/stacks", nil, &out); code != 200 {
 		s.t.Fatalf("stacks: %d", code)
 	}
 	var names []string
@@ -276,14 +308,14 @@ func (s *service) stackNames() []string {
 	return names
 }
 
-// pulumiStackLs lists the stacks as an operator would, with the pinned CLI and the backend.
-func (s *service) pulumiStackLs(ctx context.Context) string {
-	passphrase, _ := os.ReadFile(filepath.Join(s.data, "pulumi-passphrase"))
+// PulumiStackLs lists the stacks as an operator would, with the pinned CLI and the backend.
+func (s *Service) PulumiStackLs(ctx context.Context) string {
+	passphrase, _ := os.ReadFile(filepath.Join(s.Data, "pulumi-passphrase"))
 	cmd := exec.CommandContext(ctx, filepath.Join(s.bin, "pulumi"), "stack", "ls", "--all", "--json")
-	cmd.Dir = ".."
+	cmd.Dir = repoRoot()
 	cmd.Env = append(os.Environ(),
-		"PULUMI_BACKEND_URL=file://"+filepath.Join(s.data, "pulumi"),
-		"PULUMI_HOME="+filepath.Join(s.data, "pulumi-home"),
+		"PULUMI_BACKEND_URL=file://"+filepath.Join(s.Data, "pulumi"),
+		"PULUMI_HOME="+filepath.Join(s.Data, "pulumi-home"),
 		"PULUMI_CONFIG_PASSPHRASE="+strings.TrimSpace(string(passphrase)),
 		"PULUMI_SKIP_UPDATE_CHECK=true")
 	out, err := cmd.CombinedOutput()
@@ -293,8 +325,8 @@ func (s *service) pulumiStackLs(ctx context.Context) string {
 	return string(out)
 }
 
-// writePairs writes n learnable pairs and returns the path.
-func writePairs(t *testing.T, n int) string {
+// WritePairs writes n learnable pairs and returns the path.
+func WritePairs(t testing.TB, n int) string {
 	p := filepath.Join(t.TempDir(), "pairs.jsonl")
 	f, err := os.Create(p)
 	if err != nil {
