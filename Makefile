@@ -15,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './build/*' 2>/dev/null) go.mod go.sum
 RUNTIME_SOURCES := $(shell find trainer -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: build deps pyenv tiny-model test test-go test-python demo bench bench-go bench-train clean lint
+.PHONY: stacks destroy-stack plugin build deps pyenv tiny-model test test-go test-python demo bench bench-go bench-train clean lint
 
 ## deps: Debian packages the service and its tests use (OpenSSH server and clients, curl).
 deps:
@@ -81,6 +81,20 @@ bench-train: pyenv build/tiny-gpt2/config.json
 ## plugin: install the provider plugin into the data dir's PULUMI_HOME for operators.
 plugin: build
 	PULUMI_HOME=$(DATA_DIR)/pulumi-home $(BIN)/pulumi plugin install resource understudy $(PROVIDER_VERSION) -f $(BIN)/pulumi-resource-understudy
+
+# Operators: audit and destroy stacks against the data dir's backend with the pinned CLI.
+OPERATOR_ENV = PULUMI_HOME=$(DATA_DIR)/pulumi-home PULUMI_BACKEND_URL=file://$(DATA_DIR)/pulumi \
+	PULUMI_CONFIG_PASSPHRASE_FILE=$(DATA_DIR)/pulumi-passphrase PULUMI_SKIP_UPDATE_CHECK=true
+
+## stacks: list every job's stack (pulumi stack ls) in DATA_DIR's backend.
+stacks: $(BIN)/pulumi
+	$(OPERATOR_ENV) $(BIN)/pulumi stack ls --all
+
+## destroy-stack STACK=<train_id>: destroy and remove one stuck stack.
+destroy-stack: plugin
+	@[ -n "$(STACK)" ] || { echo "usage: make destroy-stack STACK=<train_id>"; exit 2; }
+	$(OPERATOR_ENV) $(BIN)/pulumi destroy --stack $(STACK) --yes --non-interactive
+	$(OPERATOR_ENV) $(BIN)/pulumi stack rm $(STACK) --yes --non-interactive
 
 lint:
 	gofmt -l $$(git ls-files '*.go')
