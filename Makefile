@@ -43,7 +43,7 @@ $(BIN)/pulumi: tools/pulumi/go.mod tools/pulumi/go.sum
 pyenv:
 	@scripts/pyenv.sh >/dev/null
 
-PYTHON = $$(scripts/pyenv.sh)/bin/python
+PYTHON = $$($(CURDIR)/scripts/pyenv.sh)/bin/python
 
 ## tiny-model: a tiny GPT-2-architecture model built locally at build/tiny-gpt2.
 tiny-model: pyenv
@@ -61,7 +61,7 @@ test-go:
 	  $(GO) test -count=1 -timeout 30m ./...
 
 test-python:
-	cd trainer && $(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q trainer/tests
 
 ## demo: one real training job end to end on the local provider.
 demo: deps build pyenv build/tiny-gpt2/config.json
