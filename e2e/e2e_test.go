@@ -97,10 +97,16 @@ func TestTrainEndToEnd(t *testing.T) {
 	}
 	s.Request("GET", "/api/v1/training/e2e-ok/events", nil, &evs)
 	var statuses []string
+	signalled := false
 	for _, e := range evs.Events {
 		if e.Type == "status" {
 			statuses = append(statuses, e.Status)
 		}
+		// The runtime's own completion call, authenticated by the per-job token.
+		signalled = signalled || e.Type == "completion_signal"
+	}
+	if !signalled {
+		t.Errorf("no completion_signal event: the machine's call to the completed endpoint was not accepted")
 	}
 	want := []string{"queued", "provisioning", "uploading", "training", "downloading", "tearing_down", "completed"}
 	if !slices.Equal(statuses, want) {
