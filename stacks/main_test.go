@@ -2,9 +2,6 @@ package stacks_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,6 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/understudy-ai/training-service/programs"
+	"github.com/understudy-ai/training-service/programs/programtest"
 	"github.com/understudy-ai/training-service/stacks"
 )
 
@@ -106,43 +104,6 @@ func newManager(t *testing.T, dataDir string) *stacks.Manager {
 	return m
 }
 
-type jobKeys struct {
-	hostPEM string
-	hostPub ssh.PublicKey
-	user    ssh.Signer
-	authKey string
-}
-
-func newJobKeys(t *testing.T) jobKeys {
-	t.Helper()
-	_, hostPriv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(hostPriv, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostSigner, err := ssh.NewSignerFromKey(hostPriv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, userPriv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	user, err := ssh.NewSignerFromKey(userPriv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return jobKeys{
-		hostPEM: string(pem.EncodeToMemory(block)),
-		hostPub: hostSigner.PublicKey(),
-		user:    user,
-		authKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(user.PublicKey()))),
-	}
-}
-
 // workerBaseDir returns a fresh directory for local workers that sshd's StrictModes
 // accepts (the usual temp dir sits under the world-writable /tmp), and registers, before
 // anything can start there, the ending of any sshd left under it, by pid.
@@ -195,14 +156,14 @@ func sshdsUnder(dir string) []int {
 	return pids
 }
 
-func localSpec(t *testing.T, trainID string, k jobKeys, baseDir string) programs.Spec {
+func localSpec(t *testing.T, trainID string, k programtest.Keys, baseDir string) programs.Spec {
 	return programs.Spec{
 		TrainID:        trainID,
 		EndpointID:     "ep-7",
 		Version:        "v2",
 		Provider:       "local",
-		AuthorizedKey:  k.authKey,
-		HostPrivateKey: k.hostPEM,
+		AuthorizedKey:  k.AuthorizedKey,
+		HostPrivateKey: k.HostPrivateKey,
 		Tags:           map[string]string{"team": "research"},
 		Local:          programs.LocalConfig{BaseDir: baseDir},
 	}

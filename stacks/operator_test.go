@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/understudy-ai/training-service/programs/programtest"
 )
 
 // An operator audits and destroys a job's stack from the repository root with the pinned
@@ -29,7 +31,7 @@ func TestOperatorCLIDestroysStack(t *testing.T) {
 	base := workerBaseDir(t)
 	const id = "tr-operator"
 	destroyOnCleanup(t, m, id)
-	if _, err := m.Up(ctx, localSpec(t, id, newJobKeys(t), base), nil); err != nil {
+	if _, err := m.Up(ctx, localSpec(t, id, programtest.NewKeys(t), base), nil); err != nil {
 		t.Fatalf("Up: %v", err)
 	}
 	// Up returns once the machine is reported; the rest of its tags follow.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/programs"
+	"github.com/understudy-ai/training-service/programs/programtest"
 	"github.com/understudy-ai/training-service/stacks"
 )
 
@@ -28,7 +29,7 @@ func TestUpSSHDestroy(t *testing.T) {
 	data := t.TempDir()
 	m := newManager(t, data)
 	base := workerBaseDir(t)
-	k := newJobKeys(t)
+	k := programtest.NewKeys(t)
 	const id = "tr-up-1"
 	destroyOnCleanup(t, m, id)
 
@@ -61,7 +62,7 @@ func TestUpSSHDestroy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyBody := strings.Split(strings.TrimSpace(k.hostPEM), "\n")[1]
+	keyBody := strings.Split(strings.TrimSpace(k.HostPrivateKey), "\n")[1]
 	if strings.Contains(string(state), "PRIVATE KEY") || strings.Contains(string(state), keyBody) {
 		t.Error("the stack's state holds the host private key in the clear")
 	}
@@ -72,17 +73,17 @@ func TestUpSSHDestroy(t *testing.T) {
 	if err != nil {
 		t.Fatalf("hostKey output: %v", err)
 	}
-	if string(hostKey.Marshal()) != string(k.hostPub.Marshal()) {
+	if string(hostKey.Marshal()) != string(k.HostKey.Marshal()) {
 		t.Fatal("hostKey output is not the public half of the job's host key")
 	}
 
 	// The pinned key logs in; a client pinning another host key is refused.
-	other := newJobKeys(t)
-	if c, err := dial(ctx, out, k.user, other.hostPub); err == nil {
+	other := programtest.NewKeys(t)
+	if c, err := dial(ctx, out, k.JobSigner, other.HostKey); err == nil {
 		c.Close()
 		t.Fatal("connected although the pinned host key differs")
 	}
-	c, err := dial(ctx, out, k.user, k.hostPub)
+	c, err := dial(ctx, out, k.JobSigner, k.HostKey)
 	if err != nil {
 		t.Fatalf("ssh with the pinned host key: %v", err)
 	}
@@ -147,7 +148,7 @@ func TestDestroyAfterCancelledUp(t *testing.T) {
 	t.Parallel()
 	m := newManager(t, t.TempDir())
 	base := workerBaseDir(t)
-	k := newJobKeys(t)
+	k := programtest.NewKeys(t)
 	const id = "tr-cancelled"
 	destroyOnCleanup(t, m, id)
 
@@ -186,7 +187,7 @@ func TestDestroyClearsStaleLock(t *testing.T) {
 	data := t.TempDir()
 	m := newManager(t, data)
 	base := workerBaseDir(t)
-	k := newJobKeys(t)
+	k := programtest.NewKeys(t)
 	const id = "tr-locked"
 	destroyOnCleanup(t, m, id)
 	if _, err := m.Up(ctx, localSpec(t, id, k, base), nil); err != nil {
@@ -252,7 +253,7 @@ func TestDestroyDropsPendingOperations(t *testing.T) {
 	data := t.TempDir()
 	m := newManager(t, data)
 	base := workerBaseDir(t)
-	k := newJobKeys(t)
+	k := programtest.NewKeys(t)
 	const id = "tr-pending"
 	destroyOnCleanup(t, m, id)
 	if _, err := m.Up(ctx, localSpec(t, id, k, base), nil); err != nil {
@@ -312,7 +313,7 @@ func TestConcurrentJobsAndList(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, id := range ids {
 		wg.Go(func() {
-			spec := localSpec(t, id, newJobKeys(t), base)
+			spec := localSpec(t, id, programtest.NewKeys(t), base)
 			spec.EndpointID = "ep-" + id
 			outs[i], errs[i] = m.Up(ctx, spec, nil)
 		})
@@ -374,7 +375,7 @@ func TestUpRejectsInvalidSpec(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	m := newManager(t, t.TempDir())
-	k := newJobKeys(t)
+	k := programtest.NewKeys(t)
 	spec := localSpec(t, "tr-invalid", k, "relative/dir")
 	if _, err := m.Up(ctx, spec, nil); job.CodeOf(err) != job.CodeInvalidArgument {
 		t.Errorf("Up with a relative base dir: %v, want code %q", err, job.CodeInvalidArgument)

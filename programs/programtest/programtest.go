@@ -53,9 +53,11 @@ type Harness struct {
 
 // Keys is key material of one test job, generated as the service generates it.
 type Keys struct {
-	HostPrivateKey string // OpenSSH PEM ed25519 private key
-	HostPublicKey  string // its authorized_keys line
-	AuthorizedKey  string // the job's public key line
+	HostPrivateKey string        // OpenSSH PEM ed25519 private key
+	HostPublicKey  string        // its authorized_keys line
+	HostKey        ssh.PublicKey // the same, parsed, for pinning
+	AuthorizedKey  string        // the job's public key line
+	JobSigner      ssh.Signer    // the job's private key, for logging in
 }
 
 // NewKeys generates a host key and a job key.
@@ -73,18 +75,20 @@ func NewKeys(t testing.TB) Keys {
 	if err != nil {
 		t.Fatal(err)
 	}
-	userPub, _, err := ed25519.GenerateKey(rand.Reader)
+	_, userPriv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	jobPub, err := ssh.NewPublicKey(userPub)
+	job, err := ssh.NewSignerFromKey(userPriv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return Keys{
 		HostPrivateKey: string(pem.EncodeToMemory(block)),
 		HostPublicKey:  strings.TrimSpace(string(ssh.MarshalAuthorizedKey(hostPub))),
-		AuthorizedKey:  strings.TrimSpace(string(ssh.MarshalAuthorizedKey(jobPub))) + " job@understudy",
+		HostKey:        hostPub,
+		AuthorizedKey:  strings.TrimSpace(string(ssh.MarshalAuthorizedKey(job.PublicKey()))) + " job@understudy",
+		JobSigner:      job,
 	}
 }
 
