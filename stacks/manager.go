@@ -40,6 +40,8 @@ type Manager struct {
 
 	mu    sync.Mutex
 	locks map[string]*stackLock // per stack name
+	// background tracks the work Up leaves running after it returns.
+	background sync.WaitGroup
 	// settled names the stacks whose last update in this process finished cleanly, so
 	// their destroy can skip the check for pending operations.
 	settled map[string]bool
@@ -320,7 +322,9 @@ func (m *Manager) Up(ctx context.Context, spec programs.Spec, log func(line stri
 
 	// Finish in the background, still holding the stack's lock so that a destroy waits:
 	// the update's end, then the remaining tags (one CLI run each).
+	m.background.Add(1)
 	go func() {
+		defer m.background.Done()
 		defer release()
 		defer upCancel()
 		r := <-done
@@ -342,6 +346,22 @@ func (m *Manager) Up(ctx context.Context, spec programs.Spec, log func(line stri
 		l.Info("stack up", "phase", "up", "duration", time.Since(started))
 	}()
 	return out, nil
+}
+
+// Close waits, until ctx ends, for the work that Up calls left running in the background,
+// so that a stopping service does not cut an update short.
+func (m *Manager) Close(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		m.background.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Settle waits until the work an Up of the job left in the background (the end of the

@@ -195,7 +195,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
-	return drv.Stop(sctx)
+	err = drv.Stop(sctx)
+	if cerr := mgr.Close(sctx); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // apiToken returns the API token from the environment, the token file, or a new one made

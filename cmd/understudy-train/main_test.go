@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestConfigValidateNamesTheField(t *testing.T) {
+	good := Config{Listen: "127.0.0.1:8080", DataDir: "d", MaxConcurrent: 4, LogFormat: "text", LogLevel: "info"}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]func(*Config){
+		"--listen":         func(c *Config) { c.Listen = "8080" },
+		"--data-dir":       func(c *Config) { c.DataDir = "" },
+		"--max-concurrent": func(c *Config) { c.MaxConcurrent = 0 },
+		"--log-format":     func(c *Config) { c.LogFormat = "xml" },
+		"--log-level":      func(c *Config) { c.LogLevel = "loud" },
+	}
+	for field, mutate := range cases {
+		c := good
+		mutate(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: got %v", field, err)
+		}
+	}
+}
+
+func TestAPITokenIsMadeOwnerOnlyAndReused(t *testing.T) {
+	t.Setenv("UNDERSTUDY_API_TOKEN", "")
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tok, err := apiToken("", dir, log)
+	if err != nil || len(tok) < 32 {
+		t.Fatalf("token %q, %v", tok, err)
+	}
+	st, err := os.Stat(filepath.Join(dir, "api-token"))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v %v", st, err)
+	}
+	again, err := apiToken("", dir, log)
+	if err != nil || again != tok {
+		t.Fatalf("second start made a new token: %q vs %q (%v)", again, tok, err)
+	}
+	t.Setenv("UNDERSTUDY_API_TOKEN", "from-env")
+	if tok, _ := apiToken("", dir, log); tok != "from-env" {
+		t.Fatalf("environment not preferred: %q", tok)
+	}
+}
+
+func TestSecretFilesReadableByOthersAreRefused(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(p, []byte("s3cret\n"), 0o644)
+	if _, err := readSecretFile(p); err == nil || !strings.Contains(err.Error(), "readable by others") {
+		t.Fatalf("got %v", err)
+	}
+	os.Chmod(p, 0o600)
+	if v, err := readSecretFile(p); err != nil || v != "s3cret" {
+		t.Fatalf("got %q, %v", v, err)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	cases := [][]string{
+		{},
+		{"frobnicate"},
+		{"serve", "--max-concurrent", "0"},
+		{"serve", "extra"},
+		{"status"},
+		{"start", "--dataset", "x.jsonl"},
+	}
+	t.Setenv("UNDERSTUDY_API_TOKEN", "t")
+	for _, args := range cases {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), args, &out, &errb)
+		if err == nil || exitCode(err) != 2 {
+			t.Errorf("%v: got %v (exit %d), want a usage error", args, err, exitCode(err))
+		}
+	}
+}
