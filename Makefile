@@ -15,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './build/*' 2>/dev/null) go.mod go.sum
 RUNTIME_SOURCES := $(shell find trainer -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: stacks destroy-stack plugin build deps pyenv tiny-model test test-go test-python demo bench bench-go bench-train clean lint
+.PHONY: stacks destroy-stack plugin binaries build deps pyenv tiny-model test test-go test-python demo bench bench-go bench-train clean lint
 
 ## deps: Debian packages the service and its tests use (OpenSSH server and clients, curl).
 deps:
@@ -24,8 +24,12 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssh-server openssh-client curl >/dev/null; \
 	fi
 
-## build: the service, the pinned Pulumi CLI and the in-repo provider plugin, in bin/.
-build: $(BIN)/understudy-train $(BIN)/pulumi $(BIN)/pulumi-resource-understudy
+## build: the service, the pinned Pulumi CLI and the in-repo provider plugin in bin/, and the
+## plugin installed into the default data dir's PULUMI_HOME (serve also installs it where
+## its own data dir needs it).
+build: binaries plugin
+
+binaries: $(BIN)/understudy-train $(BIN)/pulumi $(BIN)/pulumi-resource-understudy
 
 $(BIN)/understudy-train: $(GO_SOURCES) $(RUNTIME_SOURCES)
 	$(GO) build -o $@ -ldflags "-X main.Version=$$(git describe --always --dirty 2>/dev/null || echo dev)" ./cmd/understudy-train
@@ -78,9 +82,10 @@ bench-go:
 bench-train: pyenv build/tiny-gpt2/config.json
 	$(PYTHON) trainer/bench/bench_train.py
 
-## plugin: install the provider plugin into the data dir's PULUMI_HOME for operators.
-plugin: build
-	PULUMI_HOME=$(DATA_DIR)/pulumi-home $(BIN)/pulumi plugin install resource understudy $(PROVIDER_VERSION) -f $(BIN)/pulumi-resource-understudy
+## plugin: install the provider plugin into DATA_DIR's PULUMI_HOME (for operators' CLI too).
+plugin: binaries
+	@mkdir -p $(DATA_DIR) && chmod 700 $(DATA_DIR)
+	PULUMI_HOME=$(DATA_DIR)/pulumi-home PULUMI_SKIP_UPDATE_CHECK=true $(BIN)/pulumi plugin install resource understudy $(PROVIDER_VERSION) -f $(BIN)/pulumi-resource-understudy --reinstall
 
 # Operators: audit and destroy stacks against the data dir's backend with the pinned CLI.
 OPERATOR_ENV = PULUMI_HOME=$(DATA_DIR)/pulumi-home PULUMI_BACKEND_URL=file://$(DATA_DIR)/pulumi \
@@ -88,6 +93,7 @@ OPERATOR_ENV = PULUMI_HOME=$(DATA_DIR)/pulumi-home PULUMI_BACKEND_URL=file://$(D
 
 ## stacks: list every job's stack (pulumi stack ls) in DATA_DIR's backend.
 stacks: $(BIN)/pulumi
+	@mkdir -p $(DATA_DIR)/pulumi
 	$(OPERATOR_ENV) $(BIN)/pulumi stack ls --all
 
 ## destroy-stack STACK=<train_id>: destroy and remove one stuck stack.

@@ -433,6 +433,10 @@ func (m *Manager) Destroy(ctx context.Context, trainID string, log func(line str
 		return m.classify(ctx, err, "remove stack %s", name)
 	}
 	m.setSettled(name, false)
+	if log != nil {
+		// The engine's last words suggest `pulumi stack rm`; it has been done.
+		log("stack " + name + " removed")
+	}
 	l.Info("stack destroyed", "phase", "destroy", "duration", time.Since(started))
 	return nil
 }
