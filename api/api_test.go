@@ -238,6 +238,8 @@ func TestValidation(t *testing.T) {
 		{"hyperparameters type", body(map[string]any{"hyperparameters": []int{1}}), 400, "invalid_field"},
 		{"negative duration", body(map[string]any{"max_duration_seconds": -1}), 422, "invalid_max_duration_seconds"},
 		{"too large", `{"x":"` + strings.Repeat("a", 2<<20) + `"}`, 413, "body_too_large"},
+		// Opens, then fails every read (even for root): an unreadable dataset.
+		{"dataset read error", body(map[string]any{"training_pairs": nil, "dataset_uri": "file:///proc/self/mem"}), 422, "invalid_dataset"},
 	}
 	if os.Getuid() != 0 { // root reads anything
 		cases = append(cases, struct {
