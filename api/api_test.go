@@ -236,6 +236,7 @@ func TestValidation(t *testing.T) {
 		{"hyperparameter range", body(map[string]any{"hyperparameters": map[string]any{"epochs": 0}}), 422, "invalid_hyperparameters"},
 		{"hyperparameter unknown", body(map[string]any{"hyperparameters": map[string]any{"epoch": 1}}), 422, "invalid_hyperparameters"},
 		{"hyperparameters type", body(map[string]any{"hyperparameters": []int{1}}), 400, "invalid_field"},
+		{"missing local model", body(map[string]any{"slm_type": "/nonexistent/model"}), 422, "invalid_model"},
 		{"negative duration", body(map[string]any{"max_duration_seconds": -1}), 422, "invalid_max_duration_seconds"},
 		{"too large", `{"x":"` + strings.Repeat("a", 2<<20) + `"}`, 413, "body_too_large"},
 		// Opens, then fails every read (even for root): an unreadable dataset.

@@ -385,11 +385,18 @@ func (d *Driver) completionToken(ctx context.Context, trainID string) (string, e
 	return tok, nil
 }
 
-func localModelDir(slm string) (string, bool) {
+// looksLocal reports whether slm_type names a local directory rather than a hub id.
+func looksLocal(slm string) bool {
 	p := strings.TrimPrefix(slm, "file://")
-	if !filepath.IsAbs(p) && !strings.HasPrefix(slm, "./") && !strings.HasPrefix(slm, "../") {
+	return filepath.IsAbs(p) || strings.HasPrefix(slm, "file://") || strings.HasPrefix(slm, "./") || strings.HasPrefix(slm, "../")
+}
+
+// localModelDir returns the absolute directory slm_type names, when it names one that exists.
+func localModelDir(slm string) (string, bool) {
+	if !looksLocal(slm) {
 		return "", false
 	}
+	p := strings.TrimPrefix(slm, "file://")
 	st, err := os.Stat(p)
 	if err != nil || !st.IsDir() {
 		return "", false

@@ -46,6 +46,12 @@ func (r StartRequest) Fingerprint() string {
 // train_id is a job.CodeAlreadyExists error. A bad dataset is a job.CodeInvalidArgument
 // error and stores nothing.
 func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, error) {
+	if looksLocal(req.Spec.SLMType) {
+		if _, ok := localModelDir(req.Spec.SLMType); !ok {
+			return nil, false, &job.Error{Code: job.CodeInvalidArgument, Reason: job.ReasonInvalidModel,
+				Message: fmt.Sprintf("slm_type %q names a local model directory that does not exist on the service's host", req.Spec.SLMType)}
+		}
+	}
 	fp := req.Fingerprint()
 	if existing, err := d.store.JobGet(ctx, req.Spec.TrainID); err == nil {
 		return sameOrConflict(existing, fp)
