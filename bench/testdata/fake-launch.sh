@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A stand-in for the training runtime: speaks the progress protocol for a fixed time
-# (__SECONDS__, replaced by the benchmark), then leaves a small output dir.
+# (secs below, set by the benchmark), then leaves a small output dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=__SECONDS__
