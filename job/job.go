@@ -74,24 +74,21 @@ func CheckTransition(from, to Status) error {
 	return nil
 }
 
-// Reasons reported in a failed job's error.
+// Reasons reported in a failed job's error. A job that fails on bad input reports the
+// runtime's own code instead (invalid_dataset, invalid_model, invalid_hyperparameters).
 const (
-	ReasonTeardownFailed   = "teardown_failed"
-	ReasonProvisionFailed  = "provision_failed"
-	ReasonUploadFailed     = "upload_failed"
-	ReasonTrainingFailed   = "training_failed"
-	ReasonDownloadFailed   = "download_failed"
-	ReasonMachineLost      = "machine_lost"
-	ReasonTimeout          = "timeout"
-	ReasonInterrupted      = "interrupted"
-	ReasonCancelled        = "cancelled"
-	ReasonInvalidDataset   = "invalid_dataset"
-	ReasonInternal         = "internal"
-	ReasonCompletedSignal  = "completed_signal"
-	ReasonVerifyFailed     = "verify_failed"
-	ReasonPreempted        = "preempted"
-	ReasonInvalidModel     = "invalid_model"
-	ReasonInvalidHyperpara = "invalid_hyperparameters"
+	ReasonTeardownFailed  = "teardown_failed"
+	ReasonProvisionFailed = "provision_failed"
+	ReasonUploadFailed    = "upload_failed"
+	ReasonTrainingFailed  = "training_failed"
+	ReasonDownloadFailed  = "download_failed"
+	ReasonMachineLost     = "machine_lost"
+	ReasonTimeout         = "timeout"
+	ReasonInterrupted     = "interrupted"
+	ReasonInternal        = "internal"
+	ReasonVerifyFailed    = "verify_failed"
+	ReasonPreempted       = "preempted"
+	ReasonInvalidModel    = "invalid_model"
 )
 
 // IDPattern is what a train_id must match. It doubles as the stack name, a directory name
