@@ -249,3 +249,38 @@ func TestReaperDestroysOrphanedStacks(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func TestRestartDuringDownloadDownloadsAgain(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.conn.downloadHold = make(chan struct{})
+	h.drv.Start(context.Background())
+	h.submit("dl")
+	h.waitFor("dl", job.StatusDownloading)
+	h.restart(Config{})
+	close(h.conn.downloadHold)
+	j := h.waitFor("dl", job.StatusCompleted)
+	if h.conn.downloads < 2 || j.Manifest == nil || h.prov.has("dl") {
+		t.Fatalf("downloads %d, manifest %+v", h.conn.downloads, j.Manifest)
+	}
+}
+
+func TestRestartDuringTeardownKeepsTheOutcome(t *testing.T) {
+	h := newHarness(t, Config{TeardownTimeout: 200 * time.Millisecond, TeardownAttempts: 1000})
+	h.prov.teardownHold = make(chan struct{})
+	h.drv.Start(context.Background())
+	h.submit("td")
+	h.waitFor("td", job.StatusTearingDown)
+	// The stop is not cancelled by the shutdown: teardown goes on, so stop with a short
+	// deadline, as a second signal would, and start again.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	h.drv.Stop(ctx)
+	cancel()
+	h.store.Close()
+	h.open(Config{})
+	h.drv.Start(context.Background())
+	close(h.prov.teardownHold)
+	j := h.waitFor("td", job.StatusCompleted)
+	if h.prov.has("td") || j.Error != nil || j.WeightsURI == "" {
+		t.Fatalf("after restart in teardown: %+v", j)
+	}
+}

@@ -29,6 +29,8 @@ type fakeProvisioner struct {
 	provisionWait chan struct{} // when set, Provision blocks until closed or ctx ends
 	provisioned   int
 	teardowns     int
+	// teardownHold blocks Teardown until closed or ctx ends.
+	teardownHold chan struct{}
 }
 
 func newFakeProvisioner() *fakeProvisioner { return &fakeProvisioner{stacks: map[string]bool{}} }
@@ -67,6 +69,16 @@ func (p *fakeProvisioner) Machine(ctx context.Context, trainID string) (job.Mach
 
 func (p *fakeProvisioner) Teardown(ctx context.Context, trainID string, log func(string)) error {
 	p.mu.Lock()
+	hold := p.teardownHold
+	p.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.teardowns++
 	if p.teardownFails > 0 {
@@ -103,6 +115,9 @@ type fakeConnector struct {
 	uploaded map[string]bool
 	started  int
 	dropOnce bool // the first Follow fails as a dropped connection after one line
+	// downloadHold blocks Download until closed or ctx ends.
+	downloadHold chan struct{}
+	downloads    int
 }
 
 func (c *fakeConnector) Connect(ctx context.Context, m job.Machine, signer ssh.Signer) (Session, error) {
@@ -172,6 +187,17 @@ func (s *fakeSession) Follow(ctx context.Context, wd string, offset int64, onLin
 }
 func (s *fakeSession) Signal(ctx context.Context, wd, sig string) error { return nil }
 func (s *fakeSession) Download(ctx context.Context, dir, prefix string, expected map[string]string) ([]job.ManifestFile, error) {
+	s.c.mu.Lock()
+	s.c.downloads++
+	hold := s.c.downloadHold
+	s.c.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	var out []job.ManifestFile
 	for p, h := range expected {
 		out = append(out, job.ManifestFile{Path: p, Size: 1, SHA256: h})
