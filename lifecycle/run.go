@@ -494,7 +494,7 @@ func (f *follower) onLine(line []byte, end int64) error {
 	if err == nil {
 		switch e.Event {
 		case progress.EventStart:
-			f.prog.TotalSteps = progressTotal(e)
+			f.prog.TotalSteps = e.TotalSteps
 			f.d.event(f.ctx, f.trainID, "training_started", job.StatusTraining,
 				fmt.Sprintf("training %s on %s: %d pairs used, %d skipped", e.Model, e.Device, e.PairsUsed, e.PairsSkipped),
 				map[string]any{"pairs_used": e.PairsUsed, "pairs_skipped": e.PairsSkipped, "device": e.Device, "resumed_from_step": e.ResumedFromStep})
@@ -520,8 +520,6 @@ func (f *follower) onLine(line []byte, end int64) error {
 	}
 	return nil
 }
-
-func progressTotal(e progress.Event) int { return e.TotalSteps }
 
 func (f *follower) flush() error {
 	f.lastFlush = time.Now()
