@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/understudy-ai/training-service/job"
+	"github.com/understudy-ai/training-service/progress"
 )
 
 // client talks to a running service.
@@ -136,6 +137,7 @@ func clientStart(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	hp := fs.String("hyperparameters", "", `hyperparameters as JSON, e.g. {"epochs":2}`)
 	maxDur := fs.Int("max-duration", 0, "max_duration_seconds (0: none)")
 	wait := fs.Bool("wait", false, "follow the job's log until it ends; exit non-zero unless it completes")
+	raw := fs.Bool("raw", false, "with --wait, print log lines as stored (progress as JSON)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -200,7 +202,7 @@ func clientStart(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if !*wait {
 		return nil
 	}
-	return followLogs(ctx, c, j.TrainID, stdout)
+	return followLogs(ctx, c, j.TrainID, stdout, *raw)
 }
 
 func oneID(fs *flag.FlagSet, args []string, name string) (string, error) {
@@ -251,6 +253,7 @@ func clientCancel(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 func clientLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, u, tf := clientFlags("logs", stderr)
+	raw := fs.Bool("raw", false, "print log lines as stored (progress as JSON)")
 	id, err := oneID(fs, args, "logs")
 	if err != nil {
 		return err
@@ -259,11 +262,48 @@ func clientLogs(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	return followLogs(ctx, c, id, stdout)
+	return followLogs(ctx, c, id, stdout, *raw)
 }
 
-// followLogs prints a job's log stream and returns jobFailed unless it completes.
-func followLogs(ctx context.Context, c *client, id string, stdout io.Writer) error {
+// render turns one log line into what a person reads: progress events as short summaries,
+// other streams as they are.
+func render(stream, text string) string {
+	if stream != "progress" {
+		return "[" + stream + "] " + text
+	}
+	e, err := progress.Parse([]byte(text))
+	if err != nil {
+		return "[runtime] " + text
+	}
+	f := func(p *float64, format string) string {
+		if p == nil {
+			return "-"
+		}
+		return fmt.Sprintf(format, *p)
+	}
+	switch e.Event {
+	case progress.EventStart:
+		return fmt.Sprintf("[train] start: %s on %s, %d steps, %d pairs used, %d skipped", e.Model, e.Device, e.TotalSteps, e.PairsUsed, e.PairsSkipped)
+	case progress.EventStep:
+		return fmt.Sprintf("[train] step %d/%d  epoch %.2f  loss %s  lr %s  %.0f tok/s  eta %ss",
+			e.Step, e.TotalSteps, e.Epoch, f(e.Loss, "%.4f"), f(e.LearningRate, "%.2e"), e.TokensPerSecond, f(e.ETASeconds, "%.0f"))
+	case progress.EventEval:
+		return fmt.Sprintf("[train] eval (%s) at step %d: loss %s, perplexity %s", e.Phase, e.Step, f(e.EvalLoss, "%.4f"), f(e.Perplexity, "%.2f"))
+	case progress.EventCheckpoint:
+		return fmt.Sprintf("[train] checkpoint at step %d (%s)", e.Step, e.Reason)
+	case progress.EventLog:
+		return "[train] " + e.Message
+	case progress.EventDone:
+		return fmt.Sprintf("[train] done: %d files", len(e.Files))
+	case progress.EventError:
+		return fmt.Sprintf("[train] error %s: %s", e.Code, e.Message)
+	}
+	return ""
+}
+
+// followLogs prints a job's log stream and returns jobFailed unless it completes. With raw,
+// lines are printed as stored.
+func followLogs(ctx context.Context, c *client, id string, stdout io.Writer, raw bool) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/api/v1/training/"+url.PathEscape(id)+"/logs", nil)
 	if err != nil {
 		return err
@@ -293,7 +333,11 @@ func followLogs(ctx context.Context, c *client, id string, stdout io.Writer) err
 			case "log":
 				var l struct{ Stream, Text string }
 				json.Unmarshal([]byte(data), &l)
-				fmt.Fprintf(stdout, "[%s] %s\n", l.Stream, l.Text)
+				if raw {
+					fmt.Fprintf(stdout, "[%s] %s\n", l.Stream, l.Text)
+				} else if line := render(l.Stream, l.Text); line != "" {
+					fmt.Fprintln(stdout, line)
+				}
 			case "end":
 				var v struct {
 					Status job.Status

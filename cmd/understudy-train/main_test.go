@@ -84,3 +84,19 @@ func TestUsageErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestRenderProgress(t *testing.T) {
+	cases := map[string]string{
+		`{"v":1,"event":"step","time":1,"step":10,"total_steps":108,"epoch":0.28,"loss":5.88281,"learning_rate":0.00096,"tokens_per_second":337,"eta_seconds":37.9}`: "[train] step 10/108  epoch 0.28  loss 5.8828  lr 9.60e-04  337 tok/s  eta 38s",
+		`{"v":1,"event":"error","time":1,"code":"invalid_model","message":"no model"}`:                                                                               "[train] error invalid_model: no model",
+		`not json`: "[runtime] not json",
+	}
+	for in, want := range cases {
+		if got := render("progress", in); got != want {
+			t.Errorf("render(%s) = %q, want %q", in, got, want)
+		}
+	}
+	if got := render("pulumi", "Resources: 2 created"); got != "[pulumi] Resources: 2 created" {
+		t.Errorf("other streams: %q", got)
+	}
+}
