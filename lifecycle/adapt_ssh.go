@@ -44,9 +44,19 @@ func (s *sshSession) Download(ctx context.Context, remoteDir, prefix string, exp
 	if err != nil {
 		return nil, err
 	}
-	// Read back what was stored before the machine (and its copy) goes away.
-	if err := sshrunner.Verify(ctx, s.weights, prefix, m); err != nil {
-		return nil, &job.Error{Code: job.CodeOf(err), Reason: job.ReasonVerifyFailed, Message: "verify the stored weights", Err: err}
+	// Download already checked every file the runtime reported against its sha256 as it
+	// wrote it (a mismatch stores nothing). Only files the runtime did not report have no
+	// independent hash: read those back before the machine, and its copy, goes away.
+	var unchecked sshrunner.Manifest
+	for _, f := range m.Files {
+		if _, ok := expected[f.Path]; !ok {
+			unchecked.Files = append(unchecked.Files, f)
+		}
+	}
+	if len(unchecked.Files) > 0 {
+		if err := sshrunner.Verify(ctx, s.weights, prefix, unchecked); err != nil {
+			return nil, &job.Error{Code: job.CodeOf(err), Reason: job.ReasonVerifyFailed, Message: "verify the stored weights", Err: err}
+		}
 	}
 	out := make([]job.ManifestFile, len(m.Files))
 	for i, f := range m.Files {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,8 +12,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/crypto/ssh"
 
 	"github.com/understudy-ai/training-service/programs"
 	"github.com/understudy-ai/training-service/programs/programtest"
@@ -178,26 +175,6 @@ func destroyOnCleanup(t *testing.T, m *stacks.Manager, trainID string) {
 			t.Errorf("cleanup: destroy %s: %v", trainID, err)
 		}
 	})
-}
-
-func dial(ctx context.Context, o programs.Outputs, user ssh.Signer, hostKey ssh.PublicKey) (*ssh.Client, error) {
-	addr := net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	c, chans, reqs, err := ssh.NewClientConn(conn, addr, &ssh.ClientConfig{
-		User:            o.User,
-		Auth:            []ssh.AuthMethod{ssh.PublicKeys(user)},
-		HostKeyCallback: ssh.FixedHostKey(hostKey),
-		Timeout:         10 * time.Second,
-	})
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return ssh.NewClient(c, chans, reqs), nil
 }
 
 func emptyDir(t *testing.T, dir string) {

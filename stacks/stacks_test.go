@@ -19,6 +19,7 @@ import (
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/programs"
 	"github.com/understudy-ai/training-service/programs/programtest"
+	"github.com/understudy-ai/training-service/sshrunner"
 	"github.com/understudy-ai/training-service/stacks"
 )
 
@@ -79,20 +80,18 @@ func TestUpSSHDestroy(t *testing.T) {
 
 	// The pinned key logs in; a client pinning another host key is refused.
 	other := programtest.NewKeys(t)
-	if c, err := dial(ctx, out, k.JobSigner, other.HostKey); err == nil {
+	target := func(hostKey string) sshrunner.Target {
+		return sshrunner.Target{Host: out.Host, Port: out.Port, User: out.User, HostKey: hostKey, Signer: k.JobSigner}
+	}
+	if c, err := sshrunner.Dial(ctx, target(other.HostPublicKey), nil); err == nil {
 		c.Close()
 		t.Fatal("connected although the pinned host key differs")
 	}
-	c, err := dial(ctx, out, k.JobSigner, k.HostKey)
+	c, err := sshrunner.Dial(ctx, target(out.HostKey), nil)
 	if err != nil {
 		t.Fatalf("ssh with the pinned host key: %v", err)
 	}
-	sess, err := c.NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := sess.CombinedOutput("cd " + out.WorkDir + " && pwd")
-	sess.Close()
+	got, err := c.Run(ctx, "cd "+out.WorkDir+" && pwd")
 	c.Close()
 	if err != nil || strings.TrimSpace(string(got)) != out.WorkDir {
 		t.Errorf("run in workDir: %q, %v", got, err)

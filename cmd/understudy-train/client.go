@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/understudy-ai/training-service/dataset"
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/progress"
 )
@@ -107,21 +109,18 @@ func printJSON(w io.Writer, v any) {
 	enc.Encode(v)
 }
 
-func countRecords(path string) (int, error) {
+// checkDataset checks a local dataset as the service will, and counts its records.
+func checkDataset(ctx context.Context, path string) (int, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	n := 0
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 8<<20)
-	for sc.Scan() {
-		if strings.TrimSpace(sc.Text()) != "" {
-			n++
-		}
+	res, err := dataset.Copy(ctx, io.Discard, f)
+	if err != nil {
+		return 0, errors.New(job.MessageOf(err))
 	}
-	return n, sc.Err()
+	return res.Records, nil
 }
 
 func clientStart(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -164,7 +163,7 @@ func clientStart(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err != nil {
 			return err
 		}
-		n, err := countRecords(abs)
+		n, err := checkDataset(ctx, abs)
 		if err != nil {
 			return fmt.Errorf("read dataset: %w", err)
 		}

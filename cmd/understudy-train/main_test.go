@@ -100,3 +100,15 @@ func TestRenderProgress(t *testing.T) {
 		t.Errorf("other streams: %q", got)
 	}
 }
+
+func TestStartChecksTheDatasetBeforeSending(t *testing.T) {
+	t.Setenv("UNDERSTUDY_API_TOKEN", "t")
+	// Nothing listens here: the check must fail before any request.
+	t.Setenv("UNDERSTUDY_URL", "http://127.0.0.1:1")
+	p := filepath.Join(t.TempDir(), "bad.jsonl")
+	os.WriteFile(p, []byte("{\"prompt\":\"a\",\"response\":\"b\"}\n{\"prompt\":\"a\"}\n"), 0o600)
+	err := run(context.Background(), []string{"start", "--endpoint-id", "e", "--dataset", p}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "line 2") || !strings.Contains(err.Error(), "response") {
+		t.Fatalf("got %v, want the dataset's bad line named", err)
+	}
+}
