@@ -238,6 +238,7 @@ func TestValidation(t *testing.T) {
 		{"hyperparameters type", body(map[string]any{"hyperparameters": []int{1}}), 400, "invalid_field"},
 		{"missing local model", body(map[string]any{"slm_type": "/nonexistent/model"}), 422, "invalid_model"},
 		{"negative duration", body(map[string]any{"max_duration_seconds": -1}), 422, "invalid_max_duration_seconds"},
+		{"endless duration", body(map[string]any{"max_duration_seconds": 1e15}), 422, "invalid_max_duration_seconds"},
 		{"too large", `{"x":"` + strings.Repeat("a", 2<<20) + `"}`, 413, "body_too_large"},
 		// Opens, then fails every read (even for root): an unreadable dataset.
 		{"dataset read error", body(map[string]any{"training_pairs": nil, "dataset_uri": "file:///proc/self/mem"}), 422, "invalid_dataset"},

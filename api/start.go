@@ -24,6 +24,9 @@ func invalid(reason, format string, args ...any) error {
 	return fail(job.CodeInvalidArgument, reason, fmt.Sprintf(format, args...))
 }
 
+// maxDurationSeconds bounds max_duration_seconds: 30 days.
+const maxDurationSeconds = 30 * 24 * 3600
+
 // fields reads a JSON object body into its raw fields.
 type fields map[string]json.RawMessage
 
@@ -142,8 +145,8 @@ func (s *Server) parseStart(body []byte) (lifecycle.StartRequest, error) {
 	if sp.MaxDurationSeconds, err = f.integer("max_duration_seconds", false); err != nil {
 		return req, err
 	}
-	if sp.MaxDurationSeconds < 0 {
-		return req, invalid("invalid_max_duration_seconds", "max_duration_seconds must not be negative")
+	if sp.MaxDurationSeconds < 0 || sp.MaxDurationSeconds > maxDurationSeconds {
+		return req, invalid("invalid_max_duration_seconds", "max_duration_seconds must be from 0 (no limit) to %d (30 days)", maxDurationSeconds)
 	}
 	if f.has("hyperparameters") {
 		var hp map[string]any

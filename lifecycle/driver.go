@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -223,6 +224,15 @@ func (d *Driver) launch(trainID string) {
 			delete(d.running, trainID)
 			d.mu.Unlock()
 			cancel(nil)
+		}()
+		defer func() {
+			// A bug in one job must not take the service down, nor leave its machine:
+			// record it and tear down.
+			if v := recover(); v != nil {
+				d.log.Error("job goroutine panicked", "train_id", trainID, "panic", v, "stack", string(debug.Stack()))
+				d.teardown(context.WithoutCancel(ctx), trainID, &job.Outcome{Status: job.StatusFailed,
+					Failure: &job.Failure{Code: job.ReasonInternal, Message: "the service hit an internal error while running the job"}})
+			}
 		}()
 		d.drive(ctx, trainID, rs)
 	}()

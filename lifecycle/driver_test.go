@@ -284,3 +284,20 @@ func TestRestartDuringTeardownKeepsTheOutcome(t *testing.T) {
 		t.Fatalf("after restart in teardown: %+v", j)
 	}
 }
+
+func TestPanicInAJobTearsDownAndFails(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.prov.provisionPanics = true
+	h.drv.Start(context.Background())
+	h.submit("boom")
+	j := h.waitFor("boom", job.StatusFailed)
+	if j.Error.Code != job.ReasonInternal || h.prov.has("boom") {
+		t.Fatalf("error %+v, stack left %v", j.Error, h.prov.has("boom"))
+	}
+	// The service goes on: another job still completes.
+	h.prov.mu.Lock()
+	h.prov.provisionPanics = false
+	h.prov.mu.Unlock()
+	h.submit("after")
+	h.waitFor("after", job.StatusCompleted)
+}

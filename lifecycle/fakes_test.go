@@ -29,6 +29,8 @@ type fakeProvisioner struct {
 	provisionWait chan struct{} // when set, Provision blocks until closed or ctx ends
 	provisioned   int
 	teardowns     int
+	// provisionPanics makes Provision panic after creating the stack, as a bug would.
+	provisionPanics bool
 	// teardownHold blocks Teardown until closed or ctx ends.
 	teardownHold chan struct{}
 }
@@ -39,9 +41,12 @@ func (p *fakeProvisioner) Provision(ctx context.Context, req MachineRequest, log
 	p.mu.Lock()
 	p.stacks[req.TrainID] = true
 	p.provisioned++
-	wait, perr := p.provisionWait, p.provisionErr
+	wait, perr, boom := p.provisionWait, p.provisionErr, p.provisionPanics
 	p.mu.Unlock()
 	log("creating fake machine")
+	if boom {
+		panic("bug in a provisioner")
+	}
 	if wait != nil {
 		select {
 		case <-wait:
