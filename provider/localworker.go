@@ -11,11 +11,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"time"
 
 	p "github.com/pulumi/pulumi-go-provider"
 	"github.com/pulumi/pulumi-go-provider/infer"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/understudy-ai/training-service/provider/sshd"
 )
 
 // WorkerEnv is the environment variable that every process of a local worker's SSH sessions
@@ -23,13 +24,7 @@ import (
 const WorkerEnv = "UNDERSTUDY_WORKER"
 
 // DefaultSSHDPath is the OpenSSH server started when LocalWorkerArgs.SSHDPath is empty.
-const DefaultSSHDPath = "/usr/sbin/sshd"
-
-// stopGrace is how long Delete waits after SIGTERM before it sends SIGKILL.
-const stopGrace = 5 * time.Second
-
-// readyTimeout bounds how long Create waits for a started sshd to accept connections.
-const readyTimeout = 15 * time.Second
+const DefaultSSHDPath = sshd.DefaultPath
 
 var trainIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 
@@ -96,21 +91,17 @@ func (s *LocalWorkerState) Annotate(a infer.Annotator) {
 	a.Describe(&s.Running, "Whether the worker's sshd was running when last read.")
 }
 
-// workerFiles names the files of one worker directory.
+// workerFiles names the files of one worker directory: its sshd's, the work dir and tags.
 type workerFiles struct {
-	dir, hostKey, authorizedKeys, config, pidFile, log, workDir, tags string
+	sshd.Files
+	workDir, tags string
 }
 
 func filesOf(dir string) workerFiles {
 	return workerFiles{
-		dir:            dir,
-		hostKey:        filepath.Join(dir, "ssh_host_ed25519_key"),
-		authorizedKeys: filepath.Join(dir, "authorized_keys"),
-		config:         filepath.Join(dir, "sshd_config"),
-		pidFile:        filepath.Join(dir, "sshd.pid"),
-		log:            filepath.Join(dir, "sshd.log"),
-		workDir:        filepath.Join(dir, "work"),
-		tags:           filepath.Join(dir, "tags.json"),
+		Files:   sshd.FilesOf(dir),
+		workDir: filepath.Join(dir, "work"),
+		tags:    filepath.Join(dir, "tags.json"),
 	}
 }
 
@@ -194,7 +185,7 @@ func (w *LocalWorker) Create(ctx context.Context, req infer.CreateRequest[LocalW
 	if err := os.MkdirAll(in.BaseDir, 0o700); err != nil {
 		return infer.CreateResponse[LocalWorkerState]{}, fmt.Errorf("create base dir: %w", err)
 	}
-	if err := checkSafePath(in.BaseDir); err != nil {
+	if err := sshd.CheckSafePath(in.BaseDir); err != nil {
 		return infer.CreateResponse[LocalWorkerState]{}, fmt.Errorf("baseDir: %w", err)
 	}
 	dir, err := os.MkdirTemp(in.BaseDir, in.TrainID+"-")
@@ -208,7 +199,7 @@ func (w *LocalWorker) Create(ctx context.Context, req infer.CreateRequest[LocalW
 	state.WorkDir = f.workDir
 	state.HostPublicKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(in.hostPub)))
 	state.InstanceID = "local-" + filepath.Base(dir)
-	state.GPU = detectGPU(ctx)
+	state.GPU = sshd.DetectGPU(ctx)
 
 	pid, port, err := startWorker(ctx, in, f)
 	if err != nil {
@@ -229,64 +220,22 @@ func (w *LocalWorker) Create(ctx context.Context, req infer.CreateRequest[LocalW
 	return infer.CreateResponse[LocalWorkerState]{ID: state.InstanceID, Output: state}, nil
 }
 
-// startWorker writes the worker's files and starts its sshd on a free port, retrying with
-// another port when the chosen one was taken in between. It returns the sshd's pid (0 when
-// none was found) and port.
+// startWorker writes the worker's files and starts its sshd on a free port. It returns the
+// sshd's pid (0 when none was found) and port.
 func startWorker(ctx context.Context, in checkedArgs, f workerFiles) (pid, port int, err error) {
 	if err := os.MkdirAll(f.workDir, 0o700); err != nil {
 		return 0, 0, fmt.Errorf("create work dir: %w", err)
 	}
-	if err := writeFileExclusive(f.hostKey, []byte(strings.TrimSpace(in.HostPrivateKey)+"\n"), 0o600); err != nil {
-		return 0, 0, fmt.Errorf("write host key: %w", err)
-	}
-	if err := writeFileExclusive(f.authorizedKeys, []byte(strings.TrimSpace(in.AuthorizedKey)+"\n"), 0o600); err != nil {
-		return 0, 0, fmt.Errorf("write authorized keys: %w", err)
-	}
 	if err := writeTags(f.tags, in.Tags); err != nil {
 		return 0, 0, fmt.Errorf("write tags: %w", err)
 	}
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-		return 0, 0, fmt.Errorf("create sshd privilege separation dir: %w", err)
-	}
-	const attempts = 3
-	for attempt := 1; ; attempt++ {
-		port, err = freePort(ctx)
-		if err != nil {
-			return 0, 0, err
-		}
-		if err := os.WriteFile(f.config, []byte(sshdConfig(f, port)), 0o600); err != nil {
-			return 0, 0, fmt.Errorf("write sshd config: %w", err)
-		}
-		pid, err = runSSHD(ctx, in.SSHDPath, f, port, in.hostPub)
-		if err == nil || !errors.Is(err, errAddrInUse) || attempt == attempts {
-			return pid, port, err
-		}
-		// Another process took the port between our probe and sshd's bind: try another one.
-		if stopErr := stopSSHD(ctx, f); stopErr != nil {
-			return pid, port, errors.Join(err, stopErr)
-		}
-	}
-}
-
-func sshdConfig(f workerFiles, port int) string {
-	var b strings.Builder
-	line := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
-	line("# sshd for one Understudy local worker; written by the understudy provider.")
-	line("Port %d", port)
-	line("ListenAddress 127.0.0.1")
-	line("HostKey %s", f.hostKey)
-	line("AuthorizedKeysFile %s", f.authorizedKeys)
-	line("PubkeyAuthentication yes")
-	line("PasswordAuthentication no")
-	line("KbdInteractiveAuthentication no")
-	line("UsePAM no")
-	line("PidFile %s", f.pidFile)
-	line("Subsystem sftp internal-sftp")
-	line("StrictModes yes")
-	line("PrintMotd no")
-	line("X11Forwarding no")
-	line("SetEnv %s=%s", WorkerEnv, f.dir)
-	return b.String()
+	return sshd.Start(ctx, f.Files, sshd.Config{
+		SSHDPath:       in.SSHDPath,
+		HostPrivateKey: in.HostPrivateKey,
+		AuthorizedKeys: []string{in.AuthorizedKey},
+		Tag:            WorkerEnv + "=" + f.Dir,
+		Comment:        "sshd for one Understudy local worker; written by the understudy provider.",
+	})
 }
 
 // writeTags records the job's labels beside the worker, so that an operator looking at a
@@ -299,19 +248,7 @@ func writeTags(name string, tags map[string]string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileExclusive(name, append(data, '\n'), 0o600)
-}
-
-func writeFileExclusive(name string, data []byte, perm os.FileMode) error {
-	fh, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := fh.Write(data); err != nil {
-		fh.Close()
-		return err
-	}
-	return fh.Close()
+	return sshd.WriteFileExclusive(name, append(data, '\n'), 0o600)
 }
 
 // Diff compares the new inputs with those in state. Every input change replaces the worker:
@@ -351,7 +288,7 @@ func (w *LocalWorker) Read(ctx context.Context, req infer.ReadRequest[LocalWorke
 		return infer.ReadResponse[LocalWorkerArgs, LocalWorkerState]{}, nil
 	}
 	f := filesOf(state.Dir)
-	pid, running := workerSSHDPID(f, state.PID)
+	pid, running := sshd.PID(f.Files, state.PID)
 	_, statErr := os.Stat(state.Dir)
 	dirExists := statErr == nil
 	if !running && !dirExists {
@@ -393,20 +330,8 @@ func checkWorkerDir(state LocalWorkerState) error {
 	return nil
 }
 
-// removeWorker stops the sshd of f, ends the worker's session processes and removes f.dir.
-// statePID is the pid recorded in state, used when the pid file is gone.
+// removeWorker stops the sshd of f, ends the worker's session processes and removes its
+// directory. statePID is the pid recorded in state, used when the pid file is gone.
 func removeWorker(ctx context.Context, f workerFiles, statePID int) error {
-	var errs []error
-	if err := stopSSHDWithFallback(ctx, f, statePID); err != nil {
-		errs = append(errs, err)
-	}
-	if err := killTagged(ctx, WorkerEnv+"="+f.dir); err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) == 0 {
-		if err := os.RemoveAll(f.dir); err != nil {
-			errs = append(errs, fmt.Errorf("remove worker dir: %w", err))
-		}
-	}
-	return errors.Join(errs...)
+	return sshd.Remove(ctx, f.Files, statePID, WorkerEnv+"="+f.Dir)
 }

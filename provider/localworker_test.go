@@ -22,6 +22,8 @@ import (
 	"github.com/pkg/sftp"
 	"github.com/pulumi/pulumi-go-provider/infer"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/understudy-ai/training-service/provider/sshd"
 )
 
 // keys holds one job's key material as the service generates it.
@@ -79,7 +81,7 @@ func safeBaseDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := checkSafePath(dir); err != nil {
+	if err := sshd.CheckSafePath(dir); err != nil {
 		t.Fatalf("no directory that sshd StrictModes accepts: %v", err)
 	}
 	return dir
@@ -107,7 +109,7 @@ func createWorker(t *testing.T, ctx context.Context, args LocalWorkerArgs) infer
 		}
 		if _, err := w.Delete(context.WithoutCancel(ctx), infer.DeleteRequest[LocalWorkerState]{ID: resp.ID, State: resp.Output}); err != nil {
 			t.Errorf("cleanup: delete worker: %v", err)
-			if resp.Output.PID > 1 && cmdlineNamesConfig(resp.Output.PID, filesOf(resp.Output.Dir).config) {
+			if resp.Output.PID > 1 && sshd.CmdlineNamesConfig(resp.Output.PID, filesOf(resp.Output.Dir).Config) {
 				_ = syscall.Kill(resp.Output.PID, syscall.SIGKILL)
 			}
 		}
@@ -190,7 +192,7 @@ func TestLocalWorkerLifecycle(t *testing.T) {
 	if s.SSHDPath != DefaultSSHDPath {
 		t.Errorf("sshdPath = %q, want the default", s.SSHDPath)
 	}
-	for name, want := range map[string]os.FileMode{s.Dir: 0o700, filesOf(s.Dir).hostKey: 0o600, filesOf(s.Dir).authorizedKeys: 0o600} {
+	for name, want := range map[string]os.FileMode{s.Dir: 0o700, filesOf(s.Dir).HostKey: 0o600, filesOf(s.Dir).AuthorizedKeys: 0o600} {
 		st, err := os.Stat(name)
 		if err != nil {
 			t.Fatal(err)
@@ -202,7 +204,7 @@ func TestLocalWorkerLifecycle(t *testing.T) {
 	if data, err := os.ReadFile(filesOf(s.Dir).tags); err != nil || !strings.Contains(string(data), `"endpoint_id": "ep-1"`) {
 		t.Errorf("tags file = %q, %v", data, err)
 	}
-	if !cmdlineNamesConfig(s.PID, filesOf(s.Dir).config) {
+	if !sshd.CmdlineNamesConfig(s.PID, filesOf(s.Dir).Config) {
 		t.Errorf("pid %d is not the worker's sshd", s.PID)
 	}
 
@@ -255,13 +257,13 @@ func TestLocalWorkerLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if !processGone(detached) {
+		if !sshd.ProcessGone(detached) {
 			_ = syscall.Kill(detached, syscall.SIGKILL)
 		}
 	})
 	c.Close()
 	time.Sleep(200 * time.Millisecond)
-	if processGone(detached) {
+	if sshd.ProcessGone(detached) {
 		t.Fatal("detached process ended with its session")
 	}
 
@@ -277,10 +279,10 @@ func TestLocalWorkerLifecycle(t *testing.T) {
 	if _, err := w.Delete(ctx, infer.DeleteRequest[LocalWorkerState]{ID: resp.ID, State: s}); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
-	if !processGone(s.PID) {
+	if !sshd.ProcessGone(s.PID) {
 		t.Errorf("sshd %d still runs after Delete", s.PID)
 	}
-	if !processGone(detached) {
+	if !sshd.ProcessGone(detached) {
 		t.Errorf("detached session process %d still runs after Delete", detached)
 	}
 	if _, err := os.Stat(s.Dir); !errors.Is(err, os.ErrNotExist) {
@@ -314,7 +316,7 @@ func TestLocalWorkerReadReportsStoppedSSHD(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for !processGone(resp.Output.PID) && time.Now().Before(deadline) {
+	for !sshd.ProcessGone(resp.Output.PID) && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	w := &LocalWorker{}
@@ -337,7 +339,7 @@ func TestLocalWorkerDeleteWithoutPIDFile(t *testing.T) {
 	args := LocalWorkerArgs{TrainID: "tr-nopid", HostPrivateKey: k.hostPEM, AuthorizedKey: k.authorized, BaseDir: safeBaseDir(t)}
 	resp := createWorker(t, ctx, args)
 	pid := resp.Output.PID
-	if err := os.Remove(filesOf(resp.Output.Dir).pidFile); err != nil {
+	if err := os.Remove(filesOf(resp.Output.Dir).PIDFile); err != nil {
 		t.Fatal(err)
 	}
 	state := resp.Output
@@ -345,7 +347,7 @@ func TestLocalWorkerDeleteWithoutPIDFile(t *testing.T) {
 	if _, err := (&LocalWorker{}).Delete(ctx, infer.DeleteRequest[LocalWorkerState]{ID: resp.ID, State: state}); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
-	if !processGone(pid) {
+	if !sshd.ProcessGone(pid) {
 		t.Errorf("sshd %d still runs", pid)
 	}
 	if _, err := os.Stat(state.Dir); !errors.Is(err, os.ErrNotExist) {
@@ -514,7 +516,7 @@ func TestKillTaggedEndsOnlyTaggedProcesses(t *testing.T) {
 		waited[c.Process.Pid] = ch
 		go func(c *exec.Cmd) { _, _ = c.Process.Wait(); close(ch) }(c)
 	}
-	if err := killTagged(t.Context(), tag); err != nil {
+	if err := sshd.KillTagged(t.Context(), tag); err != nil {
 		t.Fatal(err)
 	}
 	for pid, ch := range waited {
@@ -525,7 +527,7 @@ func TestKillTaggedEndsOnlyTaggedProcesses(t *testing.T) {
 		}
 	}
 	for _, c := range []*exec.Cmd{prefixOnly, untagged} {
-		if processGone(c.Process.Pid) {
+		if sshd.ProcessGone(c.Process.Pid) {
 			t.Errorf("process %d without the exact tag was ended", c.Process.Pid)
 		}
 	}

@@ -1,4 +1,14 @@
-package provider
+// Package sshd runs one OpenSSH sshd per machine directory: its own config, host key and
+// authorized keys, on a free loopback port, found again and stopped by the pid in its pid
+// file after checking that the process's command line names that directory's config file —
+// never by process name. It is shared by the local worker of the in-repo provider and by
+// the fake clouds used in tests, whose machines are real sshd's too.
+//
+// Every process of a server's sessions carries the Config.Tag entry in its environment
+// (sshd_config SetEnv), which is how Remove finds detached work started over SSH.
+//
+// The package imports nothing else of this module.
+package sshd
 
 import (
 	"bytes"
@@ -19,14 +29,174 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
+// DefaultPath is the OpenSSH server started when Config.SSHDPath is empty.
+const DefaultPath = "/usr/sbin/sshd"
+
+// stopGrace is how long Stop waits after SIGTERM before it sends SIGKILL.
+const stopGrace = 5 * time.Second
+
+// readyTimeout bounds how long Start waits for a started sshd to accept connections.
+const readyTimeout = 15 * time.Second
+
+// Files names the files of one server directory.
+type Files struct {
+	Dir, HostKey, AuthorizedKeys, Config, PIDFile, Log string
+}
+
+// FilesOf returns the files of the server in dir.
+func FilesOf(dir string) Files {
+	return Files{
+		Dir:            dir,
+		HostKey:        filepath.Join(dir, "ssh_host_ed25519_key"),
+		AuthorizedKeys: filepath.Join(dir, "authorized_keys"),
+		Config:         filepath.Join(dir, "sshd_config"),
+		PIDFile:        filepath.Join(dir, "sshd.pid"),
+		Log:            filepath.Join(dir, "sshd.log"),
+	}
+}
+
+// Config describes one server.
+type Config struct {
+	// SSHDPath is the absolute path of the OpenSSH server; empty means DefaultPath.
+	SSHDPath string
+	// HostPrivateKey is the server's host key, an OpenSSH PEM ed25519 private key.
+	HostPrivateKey string
+	// AuthorizedKeys are the public keys that may log in, one authorized_keys line each.
+	AuthorizedKeys []string
+	// Tag is an environment entry NAME=value that every session process carries.
+	Tag string
+	// Comment is the first line of the config file, naming who wrote it.
+	Comment string
+	// ListenAddress is the loopback address to listen on; empty means 127.0.0.1.
+	ListenAddress string
+	// Port is the port to listen on; 0 means a free one chosen by the kernel.
+	Port int
+}
+
+// Start writes the server's files into f.Dir (which must exist, be owner-only and accepted
+// by sshd's StrictModes) and starts its sshd on a free loopback port, retrying with another
+// port when the chosen one was taken in between. It returns the sshd's pid (0 when none was
+// found) and port. On error the caller removes what was made with Stop and the directory.
+func Start(ctx context.Context, f Files, cfg Config) (pid, port int, err error) {
+	if cfg.SSHDPath == "" {
+		cfg.SSHDPath = DefaultPath
+	}
+	signer, err := ssh.ParsePrivateKey([]byte(cfg.HostPrivateKey))
+	if err != nil {
+		return 0, 0, fmt.Errorf("parse host key: %w", err)
+	}
+	if err := writeFileExclusive(f.HostKey, []byte(strings.TrimSpace(cfg.HostPrivateKey)+"\n"), 0o600); err != nil {
+		return 0, 0, fmt.Errorf("write host key: %w", err)
+	}
+	var keys strings.Builder
+	for _, k := range cfg.AuthorizedKeys {
+		if k = strings.TrimSpace(k); k != "" {
+			keys.WriteString(k + "\n")
+		}
+	}
+	if err := writeFileExclusive(f.AuthorizedKeys, []byte(keys.String()), 0o600); err != nil {
+		return 0, 0, fmt.Errorf("write authorized keys: %w", err)
+	}
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		return 0, 0, fmt.Errorf("create sshd privilege separation dir: %w", err)
+	}
+	if cfg.ListenAddress == "" {
+		cfg.ListenAddress = "127.0.0.1"
+	}
+	const attempts = 3
+	for attempt := 1; ; attempt++ {
+		port = cfg.Port
+		if port == 0 {
+			if port, err = freePort(ctx, cfg.ListenAddress); err != nil {
+				return 0, 0, err
+			}
+		}
+		if err := os.WriteFile(f.Config, []byte(configText(f, cfg, port)), 0o600); err != nil {
+			return 0, 0, fmt.Errorf("write sshd config: %w", err)
+		}
+		pid, err = runSSHD(ctx, cfg.SSHDPath, f, cfg.ListenAddress, port, signer.PublicKey())
+		if err == nil || !errors.Is(err, errAddrInUse) || attempt == attempts || cfg.Port != 0 {
+			return pid, port, err
+		}
+		// Another process took the port between our probe and sshd's bind: try another one.
+		if stopErr := Stop(ctx, f, 0); stopErr != nil {
+			return pid, port, errors.Join(err, stopErr)
+		}
+	}
+}
+
+func configText(f Files, cfg Config, port int) string {
+	var b strings.Builder
+	line := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	comment := cfg.Comment
+	if comment == "" {
+		comment = "sshd for one machine directory"
+	}
+	line("# %s", comment)
+	line("Port %d", port)
+	line("ListenAddress %s", cfg.ListenAddress)
+	line("HostKey %s", f.HostKey)
+	line("AuthorizedKeysFile %s", f.AuthorizedKeys)
+	line("PubkeyAuthentication yes")
+	line("PasswordAuthentication no")
+	line("KbdInteractiveAuthentication no")
+	line("UsePAM no")
+	line("PidFile %s", f.PIDFile)
+	line("Subsystem sftp internal-sftp")
+	line("StrictModes yes")
+	line("PrintMotd no")
+	line("X11Forwarding no")
+	if cfg.Tag != "" {
+		line("SetEnv %s", cfg.Tag)
+	}
+	return b.String()
+}
+
+// WriteFileExclusive creates name with data and perm; it fails when name exists.
+func WriteFileExclusive(name string, data []byte, perm os.FileMode) error {
+	return writeFileExclusive(name, data, perm)
+}
+
+func writeFileExclusive(name string, data []byte, perm os.FileMode) error {
+	fh, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := fh.Write(data); err != nil {
+		fh.Close()
+		return err
+	}
+	return fh.Close()
+}
+
+// Remove stops the server of f, ends every process that carries tag (when not empty) and
+// removes f.Dir. statePID is a pid recorded elsewhere, used when the pid file is gone.
+func Remove(ctx context.Context, f Files, statePID int, tag string) error {
+	var errs []error
+	if err := Stop(ctx, f, statePID); err != nil {
+		errs = append(errs, err)
+	}
+	if tag != "" {
+		if err := KillTagged(ctx, tag); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		if err := os.RemoveAll(f.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove machine dir: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // errAddrInUse reports that sshd could not bind its port because another process holds it.
 var errAddrInUse = errors.New("address already in use")
 
 // freePort asks the kernel for a free loopback port. The port is free when freePort returns;
 // another process may take it before sshd binds it, which runSSHD reports as errAddrInUse.
-func freePort(ctx context.Context) (int, error) {
+func freePort(ctx context.Context, addr string) (int, error) {
 	var lc net.ListenConfig
-	l, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
+	l, err := lc.Listen(ctx, "tcp", net.JoinHostPort(addr, "0"))
 	if err != nil {
 		return 0, fmt.Errorf("find free port: %w", err)
 	}
@@ -34,31 +204,31 @@ func freePort(ctx context.Context) (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// runSSHD starts sshd with the worker's config and waits until it has written its pid file
-// and answers on port with the worker's host key. sshd daemonises itself; the returned pid
+// runSSHD starts sshd with the server's config and waits until it has written its pid file
+// and answers on port with the server's host key. sshd daemonises itself; the returned pid
 // is the daemon's, read from its pid file.
-func runSSHD(ctx context.Context, sshdPath string, f workerFiles, port int, hostPub ssh.PublicKey) (int, error) {
-	cmd := exec.Command(sshdPath, "-f", f.config, "-E", f.log)
+func runSSHD(ctx context.Context, sshdPath string, f Files, listen string, port int, hostPub ssh.PublicKey) (int, error) {
+	cmd := exec.Command(sshdPath, "-f", f.Config, "-E", f.Log)
 	cmd.Dir = "/"
 	// A minimal environment: the daemon must not inherit the service's or the engine's
 	// variables (passphrases, tokens). Sessions get their environment from sshd itself.
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	if err := cmd.Run(); err != nil {
-		return 0, sshdFailure(fmt.Errorf("run %s: %w", sshdPath, err), f.log)
+		return 0, sshdFailure(fmt.Errorf("run %s: %w", sshdPath, err), f.Log)
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	addr := net.JoinHostPort(listen, strconv.Itoa(port))
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	pid := 0
 	for {
 		if pid == 0 {
-			if p, err := readPIDFile(f.pidFile); err == nil && cmdlineNamesConfig(p, f.config) {
+			if p, err := readPIDFile(f.PIDFile); err == nil && CmdlineNamesConfig(p, f.Config) {
 				pid = p
 			}
-		} else if processGone(pid) {
-			return pid, sshdFailure(errors.New("sshd exited"), f.log)
+		} else if ProcessGone(pid) {
+			return pid, sshdFailure(errors.New("sshd exited"), f.Log)
 		}
 		if pid != 0 {
 			err := probeSSH(ctx, addr, hostPub)
@@ -71,7 +241,7 @@ func runSSHD(ctx context.Context, sshdPath string, f workerFiles, port int, host
 		}
 		select {
 		case <-ctx.Done():
-			return pid, sshdFailure(fmt.Errorf("wait for sshd on %s: %w", addr, ctx.Err()), f.log)
+			return pid, sshdFailure(fmt.Errorf("wait for sshd on %s: %w", addr, ctx.Err()), f.Log)
 		case <-tick.C:
 		}
 	}
@@ -96,7 +266,7 @@ func sshdFailure(err error, logFile string) error {
 var errHostKeyMismatch = errors.New("sshd presented another host key")
 
 // probeSSH completes an SSH key exchange with addr and checks the host key. It does not
-// log in: reaching authentication with the right host key proves the worker's sshd answers.
+// log in: reaching authentication with the right host key proves the server's sshd answers.
 func probeSSH(ctx context.Context, addr string, hostPub ssh.PublicKey) error {
 	var d net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -159,9 +329,9 @@ func readPIDFile(name string) (int, error) {
 // cmdlineNamesConfig reports whether process pid is an sshd started with "-f config".
 // sshd rewrites its argv into one space-separated title ("sshd: /usr/sbin/sshd -f <config>
 // -E <log> [listener]"), so both NUL- and space-separated forms are accepted.
-func cmdlineNamesConfig(pid int, config string) bool {
+func CmdlineNamesConfig(pid int, config string) bool {
 	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-	if err != nil || processGone(pid) {
+	if err != nil || ProcessGone(pid) {
 		return false
 	}
 	line := " " + strings.ReplaceAll(string(data), "\x00", " ") + " "
@@ -170,7 +340,7 @@ func cmdlineNamesConfig(pid int, config string) bool {
 
 // processGone reports whether pid no longer runs: no such process, or a zombie waiting for
 // a parent that may never reap it.
-func processGone(pid int) bool {
+func ProcessGone(pid int) bool {
 	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return true
@@ -187,27 +357,27 @@ func processGone(pid int) bool {
 	return false
 }
 
-// workerSSHDPID returns the pid of the worker's running sshd, if any (see workerSSHDPIDs).
-func workerSSHDPID(f workerFiles, statePID int) (int, bool) {
-	pids := workerSSHDPIDs(f, statePID)
+// PID returns the pid of the server's running sshd, if any (see serverPIDs).
+func PID(f Files, statePID int) (int, bool) {
+	pids := serverPIDs(f, statePID)
 	if len(pids) == 0 {
 		return 0, false
 	}
 	return pids[0], true
 }
 
-// workerSSHDPIDs lists the running sshd processes of the worker: the one in its pid file,
-// the one recorded in state, and any other whose command line names the worker's config
-// file (an sshd that daemonised but had not written its pid file yet). The config path is unique to the worker, so nothing else
-// matches; processes are never picked by name.
-func workerSSHDPIDs(f workerFiles, statePID int) []int {
+// serverPIDs lists the running sshd processes of the server: the one in its pid file, the one
+// recorded in state, and any other whose command line names the server's config file (an
+// sshd that daemonised but had not written its pid file yet). The config path is unique to
+// the server, so nothing else matches; processes are never picked by name.
+func serverPIDs(f Files, statePID int) []int {
 	var pids []int
 	add := func(pid int) {
-		if pid > 1 && !slices.Contains(pids, pid) && cmdlineNamesConfig(pid, f.config) {
+		if pid > 1 && !slices.Contains(pids, pid) && CmdlineNamesConfig(pid, f.Config) {
 			pids = append(pids, pid)
 		}
 	}
-	add(pidFromFile(f.pidFile))
+	add(pidFromFile(f.PIDFile))
 	add(statePID)
 	if entries, err := os.ReadDir("/proc"); err == nil {
 		for _, e := range entries {
@@ -227,13 +397,10 @@ func pidFromFile(name string) int {
 	return pid
 }
 
-// stopSSHD stops the sshd named by the worker's pid file, if it runs.
-func stopSSHD(ctx context.Context, f workerFiles) error { return stopSSHDWithFallback(ctx, f, 0) }
-
-// stopSSHDWithFallback stops the worker's sshd processes: SIGTERM, then SIGKILL after
-// stopGrace.
-func stopSSHDWithFallback(ctx context.Context, f workerFiles, statePID int) error {
-	pids := workerSSHDPIDs(f, statePID)
+// Stop stops the server's sshd processes (see PID): SIGTERM, then SIGKILL after a grace
+// period. Stopping a server that does not run succeeds.
+func Stop(ctx context.Context, f Files, statePID int) error {
+	pids := serverPIDs(f, statePID)
 	if len(pids) == 0 {
 		return nil
 	}
@@ -248,14 +415,14 @@ func stopSSHDWithFallback(ctx context.Context, f workerFiles, statePID int) erro
 func terminate(ctx context.Context, pids []int) error {
 	signalAll := func(sig syscall.Signal) {
 		for _, pid := range pids {
-			if !processGone(pid) {
+			if !ProcessGone(pid) {
 				_ = syscall.Kill(pid, sig)
 			}
 		}
 	}
 	allGone := func() bool {
 		for _, pid := range pids {
-			if !processGone(pid) {
+			if !ProcessGone(pid) {
 				return false
 			}
 		}
@@ -283,7 +450,7 @@ func terminate(ctx context.Context, pids []int) error {
 	}
 	var left []string
 	for _, pid := range pids {
-		if !processGone(pid) {
+		if !ProcessGone(pid) {
 			left = append(left, strconv.Itoa(pid))
 		}
 	}
@@ -310,7 +477,7 @@ func taggedProcesses(tag string) ([]int, error) {
 		}
 		for _, kv := range bytes.Split(env, []byte{0}) {
 			if bytes.Equal(kv, want) {
-				if !processGone(pid) {
+				if !ProcessGone(pid) {
 					pids = append(pids, pid)
 				}
 				break
@@ -322,7 +489,7 @@ func taggedProcesses(tag string) ([]int, error) {
 
 // killTagged terminates every process that carries tag in its environment. It scans again
 // after each round, since a dying session may have started children meanwhile.
-func killTagged(ctx context.Context, tag string) error {
+func KillTagged(ctx context.Context, tag string) error {
 	for round := 0; round < 3; round++ {
 		pids, err := taggedProcesses(tag)
 		if err != nil {
@@ -347,7 +514,7 @@ func killTagged(ctx context.Context, tag string) error {
 
 // detectGPU names the host's GPUs as nvidia-smi reports them, or "none" when there is no
 // NVIDIA driver. A local worker runs on this host, so these are the job's GPUs.
-func detectGPU(ctx context.Context) string {
+func DetectGPU(ctx context.Context) string {
 	bin, err := exec.LookPath("nvidia-smi")
 	if err != nil {
 		return "none"
@@ -376,7 +543,7 @@ func detectGPU(ctx context.Context) string {
 // checkSafePath reports an error when sshd's StrictModes would refuse files under dir: sshd
 // walks from the authorized_keys file up to the user's home directory (or /) and rejects any
 // directory that is not owned by root or the user, or is group- or world-writable.
-func checkSafePath(dir string) error {
+func CheckSafePath(dir string) error {
 	resolved, err := filepath.EvalSymlinks(dir)
 	if err != nil {
 		return err
@@ -393,10 +560,10 @@ func checkSafePath(dir string) error {
 		}
 		sys, ok := st.Sys().(*syscall.Stat_t)
 		if ok && sys.Uid != 0 && int(sys.Uid) != uid {
-			return fmt.Errorf("directory %s is owned by another user; sshd StrictModes would refuse the worker", p)
+			return fmt.Errorf("directory %s is owned by another user; sshd StrictModes would refuse the server's files", p)
 		}
 		if st.Mode().Perm()&0o022 != 0 {
-			return fmt.Errorf("directory %s is group- or world-writable; sshd StrictModes would refuse the worker", p)
+			return fmt.Errorf("directory %s is group- or world-writable; sshd StrictModes would refuse the server's files", p)
 		}
 		if p == home || p == "/" || p == "." {
 			return nil
