@@ -29,13 +29,18 @@ deps:
 ## its own data dir needs it).
 build: binaries plugin
 
-binaries: $(BIN)/understudy-train $(BIN)/pulumi $(BIN)/pulumi-resource-understudy
+binaries: $(BIN)/understudy-train $(BIN)/pulumi $(BIN)/pulumi-resource-understudy $(BIN)/understudy-fakecloud
 
 $(BIN)/understudy-train: $(GO_SOURCES) $(RUNTIME_SOURCES)
 	$(GO) build -o $@ -ldflags "-X main.Version=$$(git describe --always --dirty 2>/dev/null || echo dev)" ./cmd/understudy-train
 
 $(BIN)/pulumi-resource-understudy: $(GO_SOURCES)
 	$(GO) build -o $@ ./cmd/pulumi-resource-understudy
+
+# The fake RunPod and Lambda Cloud APIs that the tests and `make demo PROVIDER=…` run
+# against: real sshd machines behind the clouds' documented API shapes.
+$(BIN)/understudy-fakecloud: $(GO_SOURCES)
+	$(GO) build -o $@ ./cmd/understudy-fakecloud
 
 # The Pulumi CLI is built from the Go module proxy at the pinned version (tools/pulumi);
 # the version flag matters: the Automation API refuses a CLI without it.
@@ -62,14 +67,16 @@ test: deps build pyenv build/tiny-gpt2/config.json
 
 test-go:
 	UNDERSTUDY_BIN=$(BIN) UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) UNDERSTUDY_TINY_MODEL=$(CURDIR)/build/tiny-gpt2 \
-	  $(GO) test -count=1 -timeout 30m ./...
+	  UNDERSTUDY_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 30m ./...
 
 test-python:
 	$(PYTHON) -m pytest -q trainer/tests
 
-## demo: one real training job end to end on the local provider.
+## demo: one real training job end to end on the local provider; PROVIDER=runpod or
+## PROVIDER=lambda runs it against the fake cloud (bin/understudy-fakecloud).
+PROVIDER ?= local
 demo: deps build pyenv build/tiny-gpt2/config.json
-	UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) scripts/demo.sh
+	UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) PROVIDER=$(PROVIDER) scripts/demo.sh
 
 ## bench: control-plane overhead, weight download and concurrency benchmarks.
 bench: deps build pyenv build/tiny-gpt2/config.json bench-go
@@ -96,7 +103,9 @@ stacks: $(BIN)/pulumi
 	@mkdir -p $(DATA_DIR)/pulumi
 	$(OPERATOR_ENV) $(BIN)/pulumi stack ls --all
 
-## destroy-stack STACK=<train_id>: destroy and remove one stuck stack.
+## destroy-stack STACK=<train_id>: destroy and remove one stuck stack. Stacks of cloud
+## providers need the provider's API key in the environment (RUNPOD_API_KEY, LAMBDA_API_KEY,
+## or the *_FILE variants).
 destroy-stack: plugin
 	@[ -n "$(STACK)" ] || { echo "usage: make destroy-stack STACK=<train_id>"; exit 2; }
 	$(OPERATOR_ENV) $(BIN)/pulumi destroy --stack $(STACK) --yes --non-interactive

@@ -21,6 +21,7 @@ import (
 	"github.com/understudy-ai/training-service/api"
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/lifecycle"
+	"github.com/understudy-ai/training-service/programs"
 	"github.com/understudy-ai/training-service/store/sqlite"
 )
 
@@ -59,6 +60,28 @@ func (p *parkedProvisioner) Stacks(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
+func (p *parkedProvisioner) Inspect(ctx context.Context, id, provider string) (lifecycle.MachineHealth, error) {
+	return lifecycle.MachineHealth{Exists: true, Running: true}, nil
+}
+func (p *parkedProvisioner) ResourceIDs(ctx context.Context) (map[string]string, error) {
+	return map[string]string{}, nil
+}
+
+// Check refuses runpod as a service without its API key does, and checks options with
+// the real programs.
+func (p *parkedProvisioner) Check(req lifecycle.MachineRequest) error {
+	if req.Provider == "runpod" {
+		return &job.Error{Code: job.CodeInvalidArgument, Reason: job.ReasonProviderNotConfigured,
+			Message: "provider runpod is not configured on this service: RUNPOD_API_KEY (or RUNPOD_API_KEY_FILE) is not set"}
+	}
+	prog, err := programs.For(req.Provider)
+	if err != nil {
+		return err
+	}
+	return prog.ValidateOptions(programs.Spec{Provider: req.Provider, Machine: programs.MachineOptions(req.Options),
+		Local: programs.LocalConfig{BaseDir: "/srv/understudy/workers"}})
+}
+
 type noConnector struct{}
 
 func (noConnector) Connect(ctx context.Context, m job.Machine, s ssh.Signer) (lifecycle.Session, error) {
@@ -85,7 +108,8 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	drv.Start(context.Background())
-	srv := httptest.NewServer(api.New(drv, api.Options{Token: token, Providers: []string{"local"}, Logger: log, MaxBodyBytes: 1 << 20}))
+	srv := httptest.NewServer(api.New(drv, api.Options{Token: token, Providers: []string{"local", "lambda", "runpod"}, Logger: log, MaxBodyBytes: 1 << 20,
+		ProviderStatus: map[string]string{"local": "ready", "lambda": "ready", "runpod": "not configured: RUNPOD_API_KEY (or RUNPOD_API_KEY_FILE) is not set"}}))
 	t.Cleanup(func() {
 		srv.Close()
 		drv.Stop(context.Background())
@@ -352,5 +376,66 @@ func TestListFiltersAndPages(t *testing.T) {
 	_, out = e.do(t, "GET", "/api/v1/training?status=queued,provisioning", token, "")
 	if jobs := out["jobs"].([]any); len(jobs) != 5 {
 		t.Fatalf("status filter: %v", out)
+	}
+}
+
+// A start for a provider the service cannot use, or with machine options the provider
+// cannot honour, is a 422 naming the problem, and stores nothing.
+func TestStartChecksTheProvider(t *testing.T) {
+	e := newEnv(t)
+	cases := []struct {
+		name      string
+		overrides map[string]any
+		code      int
+		errCode   string
+		mentions  string
+	}{
+		{"not configured", map[string]any{"provider": "runpod"}, 422, "provider_not_configured", "RUNPOD_API_KEY"},
+		{"spot on lambda", map[string]any{"provider": "lambda", "spot": true}, 422, "invalid_machine_options", "no spot"},
+		{"gpu type on local", map[string]any{"gpu_type": "NVIDIA H100 80GB HBM3"}, 422, "invalid_machine_options", "local provider"},
+		{"fallback without spot", map[string]any{"provider": "lambda", "on_demand_fallback": true}, 422, "invalid_machine_options", "spot"},
+		{"spot not a bool", map[string]any{"spot": "yes"}, 400, "invalid_field", "spot"},
+		{"gpu type not a string", map[string]any{"gpu_type": 4090}, 400, "invalid_field", "gpu_type"},
+	}
+	for _, c := range cases {
+		code, out := e.do(t, "POST", "/api/v1/training/start", token, body(c.overrides))
+		if code != c.code || errCode(t, out) != c.errCode {
+			t.Errorf("%s: %d %v, want %d %s", c.name, code, out, c.code, c.errCode)
+			continue
+		}
+		if msg := out["error"].(map[string]any)["message"].(string); !strings.Contains(msg, c.mentions) {
+			t.Errorf("%s: message %q does not mention %q", c.name, msg, c.mentions)
+		}
+	}
+	if code, _ := e.do(t, "GET", "/api/v1/training/t1/status", token, ""); code != 404 {
+		t.Errorf("a refused start stored a job: %d", code)
+	}
+	code, out := e.do(t, "POST", "/api/v1/training/start", token, body(map[string]any{"provider": "lambda", "gpu_type": "gpu_1x_h100_pcie"}))
+	if code != 202 || out["gpu_type"] != "gpu_1x_h100_pcie" {
+		t.Fatalf("lambda start: %d %v", code, out)
+	}
+}
+
+func TestReadyzListsProviders(t *testing.T) {
+	e := newEnv(t)
+	code, out := e.do(t, "GET", "/readyz", "", "")
+	providers, _ := out["providers"].(map[string]any)
+	if code != 200 || providers["local"] != "ready" || !strings.HasPrefix(providers["runpod"].(string), "not configured: RUNPOD_API_KEY") {
+		t.Fatalf("readyz: %d %v", code, out)
+	}
+}
+
+func TestStacksGCWithoutClouds(t *testing.T) {
+	e := newEnv(t)
+	code, out := e.do(t, "GET", "/api/v1/stacks/gc", token, "")
+	if code != 200 || len(out["orphans"].([]any)) != 0 {
+		t.Fatalf("gc list: %d %v", code, out)
+	}
+	code, out = e.do(t, "POST", "/api/v1/stacks/gc", token, "")
+	if code != 200 || len(out["orphans"].([]any)) != 0 {
+		t.Fatalf("gc: %d %v", code, out)
+	}
+	if code, _ := e.do(t, "POST", "/api/v1/stacks/gc", "", ""); code != 401 {
+		t.Fatalf("gc without token: %d", code)
 	}
 }

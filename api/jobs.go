@@ -10,6 +10,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/understudy-ai/training-service/job"
+	"github.com/understudy-ai/training-service/lifecycle"
 	"github.com/understudy-ai/training-service/store"
 )
 
@@ -147,4 +148,31 @@ func (s *Server) stacks(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"stacks": st})
+}
+
+// orphans lists what the service made at its clouds that no stack tracks.
+func (s *Server) orphans(w http.ResponseWriter, r *http.Request) {
+	list, err := s.svc.Orphans(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if list == nil {
+		list = []lifecycle.CloudMachine{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"orphans": list})
+}
+
+// collect removes what orphans lists.
+func (s *Server) collect(w http.ResponseWriter, r *http.Request) {
+	res, err := s.svc.CollectOrphans(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if res.Orphans == nil {
+		res.Orphans = []lifecycle.CloudMachine{}
+	}
+	// What could not be removed is listed in failed; the caller decides what that means.
+	writeJSON(w, http.StatusOK, res)
 }

@@ -26,6 +26,8 @@ type Service interface {
 	Events(ctx context.Context, trainID string) ([]job.Event, error)
 	Logs(ctx context.Context, trainID string, after int64, limit int) ([]store.LogLine, error)
 	Stacks(ctx context.Context) ([]lifecycle.StackInfo, error)
+	Orphans(ctx context.Context) ([]lifecycle.CloudMachine, error)
+	CollectOrphans(ctx context.Context) (lifecycle.GCResult, error)
 	Ready(ctx context.Context) error
 }
 
@@ -35,6 +37,9 @@ type Options struct {
 	Token string
 	// Providers lists the provider names a start request may ask for.
 	Providers []string
+	// ProviderStatus says of each provider "ready" or "not configured: <what is missing>";
+	// /readyz shows it.
+	ProviderStatus map[string]string
 	// MaxBodyBytes bounds a request body; 0 means 64 MiB.
 	MaxBodyBytes int64
 	// PollInterval is how often the log stream looks for news; 0 means 500ms.
@@ -44,24 +49,26 @@ type Options struct {
 
 // Server is the HTTP API.
 type Server struct {
-	svc       Service
-	tokenHash [32]byte
-	providers map[string]bool
-	maxBody   int64
-	poll      time.Duration
-	log       *slog.Logger
-	router    *mux.Router
+	svc            Service
+	tokenHash      [32]byte
+	providers      map[string]bool
+	providerStatus map[string]string
+	maxBody        int64
+	poll           time.Duration
+	log            *slog.Logger
+	router         *mux.Router
 }
 
 // New returns the API handler.
 func New(svc Service, opts Options) *Server {
 	s := &Server{
-		svc:       svc,
-		tokenHash: sha256.Sum256([]byte(opts.Token)),
-		providers: map[string]bool{},
-		maxBody:   opts.MaxBodyBytes,
-		poll:      opts.PollInterval,
-		log:       opts.Logger,
+		svc:            svc,
+		tokenHash:      sha256.Sum256([]byte(opts.Token)),
+		providers:      map[string]bool{},
+		providerStatus: opts.ProviderStatus,
+		maxBody:        opts.MaxBodyBytes,
+		poll:           opts.PollInterval,
+		log:            opts.Logger,
 	}
 	if s.maxBody <= 0 {
 		s.maxBody = 64 << 20
@@ -91,6 +98,8 @@ func New(svc Service, opts Options) *Server {
 	authed("/api/v1/training/{train_id}/events", http.MethodGet, s.events)
 	authed("/api/v1/training/{train_id}/logs", http.MethodGet, s.logs)
 	authed("/api/v1/stacks", http.MethodGet, s.stacks)
+	authed("/api/v1/stacks/gc", http.MethodGet, s.orphans)
+	authed("/api/v1/stacks/gc", http.MethodPost, s.collect)
 	notFound := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, ErrorBody{ErrorDetail{Code: "not_found", Message: "no such endpoint: " + r.URL.Path}})
 	})
@@ -147,8 +156,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := s.svc.Ready(ctx); err != nil {
 		s.log.Warn("not ready", "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{ErrorDetail{Code: "not_ready", Message: "the job store does not answer"}})
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": ErrorDetail{Code: "not_ready", Message: "the job store does not answer"},
+			"providers": s.providerStatus})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "providers": s.providerStatus})
 }

@@ -70,6 +70,17 @@ func (f fields) integer(name string, required bool) (int, error) {
 	return int(n), nil
 }
 
+func (f fields) boolean(name string) (bool, error) {
+	if !f.has(name) {
+		return false, nil
+	}
+	var b bool
+	if err := json.Unmarshal(f[name], &b); err != nil {
+		return false, malformed("invalid_field", "field %q must be true or false", name)
+	}
+	return b, nil
+}
+
 func (s *Server) providerNames() string {
 	names := make([]string, 0, len(s.providers))
 	for n := range s.providers {
@@ -141,6 +152,18 @@ func (s *Server) parseStart(body []byte) (lifecycle.StartRequest, error) {
 		return req, invalid("missing_dataset", "give the training data as \"dataset_uri\" or \"training_pairs\"")
 	case sp.DatasetURI != "" && f.has("training_pairs"):
 		return req, invalid("ambiguous_dataset", "give either \"dataset_uri\" or \"training_pairs\", not both")
+	}
+	if sp.GPUType, err = f.str("gpu_type", false); err != nil {
+		return req, err
+	}
+	if sp.Spot, err = f.boolean("spot"); err != nil {
+		return req, err
+	}
+	if sp.OnDemandFallback, err = f.boolean("on_demand_fallback"); err != nil {
+		return req, err
+	}
+	if sp.OnDemandFallback && !sp.Spot {
+		return req, invalid("invalid_machine_options", "on_demand_fallback only applies with \"spot\": true")
 	}
 	if sp.MaxDurationSeconds, err = f.integer("max_duration_seconds", false); err != nil {
 		return req, err

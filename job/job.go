@@ -89,7 +89,17 @@ const (
 	ReasonVerifyFailed    = "verify_failed"
 	ReasonPreempted       = "preempted"
 	ReasonInvalidModel    = "invalid_model"
+	// Provider failures: no machine of that kind free now, the API key refused, the
+	// account's balance or quota exhausted, or the provider not configured at all.
+	ReasonNoCapacity            = "no_capacity"
+	ReasonProviderAuth          = "provider_auth"
+	ReasonProviderQuota         = "provider_quota"
+	ReasonProviderNotConfigured = "provider_not_configured"
 )
+
+// ProviderReasons are the reasons a provider's own failure keeps all the way to the job's
+// error, rather than the phase's generic one.
+var ProviderReasons = []string{ReasonNoCapacity, ReasonProviderAuth, ReasonProviderQuota}
 
 // IDPattern is what a train_id must match. It doubles as the stack name, a directory name
 // and a storage path segment, so it is deliberately narrow.
@@ -116,6 +126,13 @@ type Spec struct {
 	DatasetURI         string           `json:"dataset_uri,omitempty"`
 	Hyperparameters    *Hyperparameters `json:"hyperparameters,omitempty"`
 	MaxDurationSeconds int              `json:"max_duration_seconds,omitempty"`
+	// GPUType names the machine's GPU in the provider's terms (a RunPod GPU type id, a Lambda
+	// instance type); empty: the provider's configured default.
+	GPUType string `json:"gpu_type,omitempty"`
+	// Spot asks for an interruptible machine; OnDemandFallback allows an on-demand one when
+	// no spot machine can be had.
+	Spot             bool `json:"spot,omitempty"`
+	OnDemandFallback bool `json:"on_demand_fallback,omitempty"`
 	// Fingerprint is the sha256 of the canonical request, data included.
 	Fingerprint string `json:"fingerprint"`
 	// DatasetSHA256 is the hash of the dataset as the service stored it.
@@ -143,6 +160,12 @@ type Machine struct {
 	WorkDir        string  `json:"work_dir,omitempty"`
 	GPU            string  `json:"gpu,omitempty"`
 	HourlyPriceUSD float64 `json:"hourly_price_usd,omitempty"`
+	// HostKeyTrust is "injected" (the service's host key, installed before sshd started) or
+	// "first-use" (the cloud would not take it: the key first seen is pinned).
+	HostKeyTrust string `json:"host_key_trust,omitempty"`
+	// LeaseFile is the file the service touches to keep the machine's dead-man's switch from
+	// firing; empty when the machine has none.
+	LeaseFile string `json:"lease_file,omitempty"`
 }
 
 // ManifestFile is one stored weights file.

@@ -43,6 +43,17 @@ type Config struct {
 	TeardownTimeout time.Duration
 	// Owner names this instance in the jobs it drives.
 	Owner string
+	// MachineLease arms the dead-man's switch of cloud machines: a machine stops its work
+	// and itself when the service has not renewed its lease for this long (the service
+	// renews it every fifth of it while it drives the job). Default 15 minutes; negative
+	// turns it off.
+	MachineLease time.Duration
+	// InspectAfter is how long a machine may stay unreachable before the Driver asks its
+	// provider whether it still exists; default 20 seconds.
+	InspectAfter time.Duration
+	// Inventories list and remove, per provider, what the service made at that cloud: for
+	// `stacks gc`, and to sweep a job's leftovers after its stack is destroyed.
+	Inventories map[string]Inventory
 }
 
 func (c *Config) defaults() {
@@ -63,6 +74,12 @@ func (c *Config) defaults() {
 	}
 	if c.TeardownTimeout <= 0 {
 		c.TeardownTimeout = 15 * time.Minute
+	}
+	if c.MachineLease == 0 {
+		c.MachineLease = 15 * time.Minute
+	}
+	if c.InspectAfter <= 0 {
+		c.InspectAfter = 20 * time.Second
 	}
 	if c.Owner == "" {
 		host, _ := os.Hostname()

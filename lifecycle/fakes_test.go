@@ -33,6 +33,43 @@ type fakeProvisioner struct {
 	provisionPanics bool
 	// teardownHold blocks Teardown until closed or ctx ends.
 	teardownHold chan struct{}
+	// health is what Inspect reports; nil means a running machine.
+	health   *MachineHealth
+	inspects int
+	checkErr error
+	// lastReq is the last request Provision got.
+	lastReq MachineRequest
+	// leaseFile is reported in the machine of every provisioned job.
+	leaseFile string
+}
+
+func (p *fakeProvisioner) ResourceIDs(ctx context.Context) (map[string]string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ids := map[string]string{}
+	for s := range p.stacks {
+		ids["fake-"+s] = s
+	}
+	return ids, nil
+}
+
+func (p *fakeProvisioner) Check(req MachineRequest) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.checkErr
+}
+
+func (p *fakeProvisioner) Inspect(ctx context.Context, trainID, provider string) (MachineHealth, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.inspects++
+	if !p.stacks[trainID] {
+		return MachineHealth{}, job.Errorf(job.CodeNotFound, "no stack")
+	}
+	if p.health != nil {
+		return *p.health, nil
+	}
+	return MachineHealth{Exists: true, Running: true, Status: "RUNNING"}, nil
 }
 
 func newFakeProvisioner() *fakeProvisioner { return &fakeProvisioner{stacks: map[string]bool{}} }
@@ -41,6 +78,8 @@ func (p *fakeProvisioner) Provision(ctx context.Context, req MachineRequest, log
 	p.mu.Lock()
 	p.stacks[req.TrainID] = true
 	p.provisioned++
+	p.lastReq = req
+	lease := p.leaseFile
 	wait, perr, boom := p.provisionWait, p.provisionErr, p.provisionPanics
 	p.mu.Unlock()
 	log("creating fake machine")
@@ -60,7 +99,8 @@ func (p *fakeProvisioner) Provision(ctx context.Context, req MachineRequest, log
 	if req.AuthorizedKey == "" || !strings.Contains(req.HostPrivateKey, "OPENSSH PRIVATE KEY") {
 		return job.Machine{}, errors.New("keys missing")
 	}
-	return job.Machine{InstanceID: "fake-" + req.TrainID, Host: "127.0.0.1", Port: 22, User: "u", HostKey: "k", WorkDir: "/w/" + req.TrainID, HourlyPriceUSD: 3.6}, nil
+	return job.Machine{InstanceID: "fake-" + req.TrainID, Host: "127.0.0.1", Port: 22, User: "u", HostKey: "k", WorkDir: "/w/" + req.TrainID,
+		HourlyPriceUSD: 3.6, LeaseFile: lease}, nil
 }
 
 func (p *fakeProvisioner) Machine(ctx context.Context, trainID string) (job.Machine, error) {
@@ -123,18 +163,34 @@ type fakeConnector struct {
 	// downloadHold blocks Download until closed or ctx ends.
 	downloadHold chan struct{}
 	downloads    int
+	commands     []string
+	// dropForever makes every Follow fail as a dropped connection and every Connect after
+	// the first fail, as a machine that went away would.
+	dropForever bool
+	connects    int
 }
 
 func (c *fakeConnector) Connect(ctx context.Context, m job.Machine, signer ssh.Signer) (Session, error) {
 	if signer == nil {
 		return nil, errors.New("no signer")
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.connects++
+	if c.dropForever && c.connects > 1 {
+		return nil, job.Errorf(job.CodeUnavailable, "connection refused")
+	}
 	return &fakeSession{c: c}, nil
 }
 
 type fakeSession struct{ c *fakeConnector }
 
-func (s *fakeSession) Run(ctx context.Context, cmd string) ([]byte, error) { return nil, nil }
+func (s *fakeSession) Run(ctx context.Context, cmd string) ([]byte, error) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.c.commands = append(s.c.commands, cmd)
+	return nil, nil
+}
 func (s *fakeSession) Upload(ctx context.Context, fsys fs.FS, dir string) error {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
@@ -174,7 +230,7 @@ func (s *fakeSession) Follow(ctx context.Context, wd string, offset int64, onLin
 			if err := onLine([]byte(l), end); err != nil {
 				return 0, err
 			}
-			if i == 0 && s.c.dropOnce {
+			if i == 0 && (s.c.dropOnce || s.c.dropForever) {
 				s.c.dropOnce = false
 				return 0, job.Errorf(job.CodeUnavailable, "connection lost")
 			}

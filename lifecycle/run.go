@@ -156,6 +156,11 @@ func (d *Driver) teardown(ctx context.Context, trainID string, outcome *job.Outc
 			time.Sleep(d.cfg.TeardownBackoff * time.Duration(1<<(attempt-1)))
 		}
 	}
+	if lastErr == nil {
+		sctx, cancel := context.WithTimeout(ctx, d.cfg.TeardownTimeout)
+		d.sweep(sctx, j)
+		cancel()
+	}
 	if lastErr != nil {
 		outcome = &job.Outcome{Status: job.StatusFailed, Failure: &job.Failure{Code: job.ReasonTeardownFailed,
 			Message: fmt.Sprintf("stack %s could not be destroyed after %d attempts (%s); an operator must run `pulumi destroy --stack %s`",
@@ -223,10 +228,25 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 		if _, err := d.transition(ctx, trainID, job.StatusProvisioning, "creating stack "+trainID+" on "+j.Provider, nil); err != nil {
 			return err
 		}
-		m, err := d.prov.Provision(ctx, MachineRequest{TrainID: trainID, EndpointID: j.EndpointID, Version: j.Version,
-			Provider: j.Provider, AuthorizedKey: keys.AuthorizedKey, HostPrivateKey: keys.HostPrivatePEM}, d.stackLog(ctx, trainID))
+		req := MachineRequest{TrainID: trainID, EndpointID: j.EndpointID, Version: j.Version, Provider: j.Provider,
+			AuthorizedKey: keys.AuthorizedKey, HostPrivateKey: keys.HostPrivatePEM, Options: options(j.Spec)}
+		if d.cfg.MachineLease > 0 {
+			req.LeaseSeconds = int(d.cfg.MachineLease.Seconds())
+		}
+		if j.MaxDurationSeconds > 0 {
+			req.Deadline = time.Now().Add(time.Duration(j.MaxDurationSeconds) * time.Second)
+		}
+		m, err := d.prov.Provision(ctx, req, d.stackLog(ctx, trainID))
 		if err != nil {
+			if slices.Contains(job.ProviderReasons, job.ReasonOf(err)) {
+				return err
+			}
 			return phaseErr(job.ReasonProvisionFailed, err, "provision machine")
+		}
+		if m.HostKeyTrust == "first-use" {
+			d.event(ctx, trainID, "host_key_first_use", job.StatusProvisioning,
+				"the provider would not take the service's host key at boot; the key the machine presented first is pinned for the rest of the job: "+m.HostKey,
+				map[string]any{"host_key": m.HostKey})
 		}
 		signer = keys.Signer
 		connectTimeout = d.cfg.ConnectTimeout
@@ -257,7 +277,11 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 		return &job.Error{Code: job.CodeInternal, Reason: job.ReasonMachineLost, Message: "the job has no machine recorded"}
 	}
 	m := *j.Machine
-	sess, err := d.connect(ctx, m, signer, connectTimeout, rs.nudge)
+	if m.LeaseFile != "" {
+		stop := d.keepLease(ctx, j, m, signer)
+		defer stop()
+	}
+	sess, err := d.connect(ctx, j, m, signer, connectTimeout, rs.nudge)
 	if err != nil {
 		return phaseErr(job.ReasonMachineLost, err, "reach the machine over SSH")
 	}
@@ -288,8 +312,12 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 }
 
 // connect dials the machine until it answers, timeout passes, or the host key is wrong.
-func (d *Driver) connect(ctx context.Context, m job.Machine, signer ssh.Signer, timeout time.Duration, nudge <-chan struct{}) (Session, error) {
-	deadline := time.Now().Add(timeout)
+// While the machine stays unreachable it asks the provider, every InspectAfter, whether the
+// machine still runs, and gives up at once when it does not.
+func (d *Driver) connect(ctx context.Context, j *job.Job, m job.Machine, signer ssh.Signer, timeout time.Duration, nudge <-chan struct{}) (Session, error) {
+	started := time.Now()
+	deadline := started.Add(timeout)
+	nextInspect := started.Add(d.cfg.InspectAfter)
 	backoff := 250 * time.Millisecond
 	for {
 		s, err := d.conn.Connect(ctx, m, signer)
@@ -298,6 +326,12 @@ func (d *Driver) connect(ctx context.Context, m job.Machine, signer ssh.Signer, 
 		}
 		if ctx.Err() != nil || job.CodeOf(err) == job.CodeFailedPrecondition || time.Now().After(deadline) {
 			return nil, err
+		}
+		if time.Now().After(nextInspect) {
+			if gone := d.machineGone(ctx, j); gone != nil {
+				return nil, gone
+			}
+			nextInspect = time.Now().Add(d.cfg.InspectAfter)
 		}
 		select {
 		case <-time.After(backoff):
@@ -426,13 +460,17 @@ func (d *Driver) follow(ctx context.Context, trainID string, m job.Machine, sign
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		// Whatever broke the stream, a machine its cloud took away is the cause to report.
+		if gone := d.machineGone(ctx, j); gone != nil {
+			return gone
+		}
 		if job.CodeOf(err) != job.CodeUnavailable {
 			return phaseErr(job.ReasonMachineLost, err, "follow training")
 		}
 		d.log.Warn("lost the machine's connection; reconnecting", "train_id", trainID, "err", err)
 		d.event(ctx, trainID, "reconnecting", job.StatusTraining, "lost the SSH connection; reconnecting", nil)
 		(*sess).Close()
-		ns, cerr := d.connect(ctx, m, signer, d.cfg.ReconnectTimeout, rs.nudge)
+		ns, cerr := d.connect(ctx, j, m, signer, d.cfg.ReconnectTimeout, rs.nudge)
 		if cerr != nil {
 			return phaseErr(job.ReasonMachineLost, cerr, "reconnect to the machine")
 		}

@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"io/fs"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -20,6 +21,27 @@ type MachineRequest struct {
 	// HostPrivateKey is the OpenSSH PEM private host key the machine must present; its public
 	// half comes back as Machine.HostKey and is pinned by the runner.
 	HostPrivateKey string
+	// Options are the job's machine choices (GPU type, spot).
+	Options MachineOptions
+	// LeaseSeconds arms the machine's dead-man's switch (0: off); Deadline is when the
+	// machine stops itself whatever happens (zero: never).
+	LeaseSeconds int
+	Deadline     time.Time
+}
+
+// MachineOptions are the machine choices of a job's request.
+type MachineOptions struct {
+	GPUType          string
+	Spot             bool
+	OnDemandFallback bool
+}
+
+// MachineHealth is a job's machine as its provider reports it now.
+type MachineHealth struct {
+	Exists    bool   // false: the provider no longer has the machine
+	Running   bool   // it runs and can be reached
+	Preempted bool   // a spot machine its cloud stopped
+	Status    string // the provider's word for its state
 }
 
 // Provisioner creates and destroys the one stack of each job.
@@ -33,6 +55,16 @@ type Provisioner interface {
 	Teardown(ctx context.Context, trainID string, log func(string)) error
 	// Stacks lists the names of every stack in the backend.
 	Stacks(ctx context.Context) ([]string, error)
+	// ResourceIDs returns the provider ids of every resource every stack tracks, each
+	// mapped to its stack.
+	ResourceIDs(ctx context.Context) (map[string]string, error)
+	// Inspect asks the provider about the job's machine now (pulumi refresh);
+	// job.CodeNotFound when the job has no stack.
+	Inspect(ctx context.Context, trainID, provider string) (MachineHealth, error)
+	// Check reports, as a job.CodeInvalidArgument error, what of req's provider and options
+	// cannot be provisioned: an unknown or unconfigured provider (reason
+	// provider_not_configured, naming what is missing), options the provider cannot honour.
+	Check(req MachineRequest) error
 }
 
 // Connector opens SSH sessions to machines, always pinning m.HostKey.

@@ -58,6 +58,9 @@ func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, 
 	} else if job.CodeOf(err) != job.CodeNotFound {
 		return nil, false, err
 	}
+	if err := d.prov.Check(MachineRequest{TrainID: req.Spec.TrainID, Provider: req.Spec.Provider, Options: options(req.Spec)}); err != nil {
+		return nil, false, err
+	}
 
 	tmp, err := os.CreateTemp(datasetsDir(d.cfg.DataDir), ".upload-*")
 	if err != nil {
@@ -124,6 +127,10 @@ func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, 
 	d.event(ctx, j.TrainID, "status", job.StatusQueued, fmt.Sprintf("job accepted: %d pairs, dataset sha256 %s", res.Records, res.SHA256), nil)
 	d.launch(j.TrainID)
 	return j, true, nil
+}
+
+func options(s job.Spec) MachineOptions {
+	return MachineOptions{GPUType: s.GPUType, Spot: s.Spot, OnDemandFallback: s.OnDemandFallback}
 }
 
 func sameOrConflict(existing *job.Job, fp string) (*job.Job, bool, error) {

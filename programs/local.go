@@ -33,7 +33,12 @@ type localWorker struct {
 	GPU           pulumi.StringOutput `pulumi:"gpu"`
 }
 
+func (localDriver) MachineType() string { return LocalWorkerType }
+
 func (localDriver) Validate(spec Spec) error {
+	if spec.Machine != (MachineOptions{}) {
+		return errors.New("gpu_type and spot do not apply to the local provider, which runs on the service's own host")
+	}
 	if !filepath.IsAbs(spec.Local.BaseDir) {
 		return fmt.Errorf("Local.BaseDir %q: want an absolute path", spec.Local.BaseDir)
 	}
@@ -67,5 +72,8 @@ func (localDriver) Deploy(ctx *pulumi.Context, spec Spec) (Exports, error) {
 		WorkDir:     w.WorkDir,
 		GPU:         w.GPU,
 		HourlyPrice: pulumi.Float64(0).ToFloat64Output(),
+		// The local machine is this host: it has no dead-man's switch to renew.
+		LeaseFile:    pulumi.String("").ToStringOutput(),
+		HostKeyTrust: pulumi.String(TrustInjected).ToStringOutput(),
 	}, nil
 }

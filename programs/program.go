@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 	"golang.org/x/crypto/ssh"
@@ -30,8 +31,33 @@ type Spec struct {
 	// Tags label every resource that can carry labels, besides the standard ones (see Tags).
 	Tags map[string]string
 
-	// Local configures the "local" program.
-	Local LocalConfig
+	// Machine is what the job asked for of its machine.
+	Machine MachineOptions
+	// LeaseSeconds arms the machine's dead-man's switch: it stops its work and itself when
+	// the service has not renewed the lease (touched Outputs.LeaseFile) for this long. 0
+	// turns it off; programs of machines that cannot carry one ignore it.
+	LeaseSeconds int
+	// Deadline is when the machine stops itself whatever happens (the job's
+	// max_duration_seconds); zero means none.
+	Deadline time.Time
+
+	// Local, RunPod and Lambda configure their programs.
+	Local  LocalConfig
+	RunPod RunPodConfig
+	Lambda LambdaConfig
+}
+
+// MachineOptions are the machine choices a job's request may make. Each program refuses
+// what it cannot honour.
+type MachineOptions struct {
+	// GPUType is the provider's name for the machine's GPU: a RunPod GPU type id ("NVIDIA
+	// GeForce RTX 4090") or a Lambda instance type ("gpu_1x_a10"). Empty: the provider's
+	// configured default.
+	GPUType string
+	// Spot asks for an interruptible machine.
+	Spot bool
+	// OnDemandFallback allows an on-demand machine when no spot machine can be had.
+	OnDemandFallback bool
 }
 
 // LocalConfig configures the "local" program.
@@ -72,35 +98,52 @@ const (
 	OutputWorkDir     = "workDir"
 	OutputGPU         = "gpu"
 	OutputHourlyPrice = "hourlyPrice"
+	// OutputLeaseFile is the file on the machine the service touches to renew the lease of
+	// the machine's dead-man's switch; "" when the machine has none.
+	OutputLeaseFile = "leaseFile"
+	// OutputHostKeyTrust says how the host key was established: "injected" (the service's
+	// key, installed before sshd started) or "first-use" (the key the machine presented first).
+	OutputHostKeyTrust = "hostKeyTrust"
+)
+
+// Host key trust values.
+const (
+	TrustInjected = "injected"
+	TrustFirstUse = "first-use"
 )
 
 // OutputNames lists the names of the outputs every program exports.
 func OutputNames() []string {
-	return []string{OutputHost, OutputPort, OutputUser, OutputHostKey, OutputInstanceID, OutputWorkDir, OutputGPU, OutputHourlyPrice}
+	return []string{OutputHost, OutputPort, OutputUser, OutputHostKey, OutputInstanceID, OutputWorkDir, OutputGPU,
+		OutputHourlyPrice, OutputLeaseFile, OutputHostKeyTrust}
 }
 
 // Exports are the outputs of a deployment while the program runs.
 type Exports struct {
-	Host        pulumi.StringOutput  // address to dial
-	Port        pulumi.IntOutput     // SSH port
-	User        pulumi.StringOutput  // user to log in as
-	HostKey     pulumi.StringOutput  // host public key, authorized_keys format: the public half of Spec.HostPrivateKey
-	InstanceID  pulumi.StringOutput  // the provider's id of the machine
-	WorkDir     pulumi.StringOutput  // absolute directory on the machine for the job's files
-	GPU         pulumi.StringOutput  // GPU model, "none" when the machine has none
-	HourlyPrice pulumi.Float64Output // USD per hour, 0 when unknown
+	Host         pulumi.StringOutput  // address to dial
+	Port         pulumi.IntOutput     // SSH port
+	User         pulumi.StringOutput  // user to log in as
+	HostKey      pulumi.StringOutput  // host public key, authorized_keys format: the public half of Spec.HostPrivateKey
+	InstanceID   pulumi.StringOutput  // the provider's id of the machine
+	WorkDir      pulumi.StringOutput  // absolute directory on the machine for the job's files
+	GPU          pulumi.StringOutput  // GPU model, "none" when the machine has none
+	HourlyPrice  pulumi.Float64Output // USD per hour, 0 when unknown
+	LeaseFile    pulumi.StringOutput  // lease file on the machine, "" when it has no dead-man's switch
+	HostKeyTrust pulumi.StringOutput  // TrustInjected or TrustFirstUse
 }
 
 // Outputs are the outputs of a finished deployment.
 type Outputs struct {
-	Host        string  `json:"host"`
-	Port        int     `json:"port"`
-	User        string  `json:"user"`
-	HostKey     string  `json:"hostKey"`
-	InstanceID  string  `json:"instanceId"`
-	WorkDir     string  `json:"workDir"`
-	GPU         string  `json:"gpu"`
-	HourlyPrice float64 `json:"hourlyPrice"`
+	Host         string  `json:"host"`
+	Port         int     `json:"port"`
+	User         string  `json:"user"`
+	HostKey      string  `json:"hostKey"`
+	InstanceID   string  `json:"instanceId"`
+	WorkDir      string  `json:"workDir"`
+	GPU          string  `json:"gpu"`
+	HourlyPrice  float64 `json:"hourlyPrice"`
+	LeaseFile    string  `json:"leaseFile"`
+	HostKeyTrust string  `json:"hostKeyTrust"`
 }
 
 // DecodeOutputs reads Outputs from a stack's output values (as JSON decodes them: numbers
@@ -153,6 +196,14 @@ func DecodeOutputs(values map[string]any) (Outputs, error) {
 	if price, ok := num(OutputHourlyPrice); ok {
 		o.HourlyPrice = price
 	}
+	// Optional: stacks made before these outputs existed lack them.
+	if _, ok := values[OutputLeaseFile]; ok {
+		str(OutputLeaseFile, &o.LeaseFile)
+	}
+	o.HostKeyTrust = TrustInjected
+	if _, ok := values[OutputHostKeyTrust]; ok {
+		str(OutputHostKeyTrust, &o.HostKeyTrust)
+	}
 	if len(errs) > 0 {
 		return Outputs{}, job.Errorf(job.CodeInternal, "decode stack outputs: %s", strings.Join(errs, "; "))
 	}
@@ -161,6 +212,9 @@ func DecodeOutputs(values map[string]any) (Outputs, error) {
 
 // Driver is what one provider's program implements.
 type Driver interface {
+	// MachineType is the resource type token of the job's machine, whose state (its
+	// "running", "status" and "interruptible" properties) Inspect reads after a refresh.
+	MachineType() string
 	// Validate reports what in spec this provider cannot provision. Program.Validate has
 	// already checked the common fields. Errors need no code; Program adds InvalidArgument.
 	Validate(spec Spec) error
@@ -286,6 +340,7 @@ func (e Exports) unset() []string {
 		OutputHost: e.Host.OutputState, OutputPort: e.Port.OutputState, OutputUser: e.User.OutputState,
 		OutputHostKey: e.HostKey.OutputState, OutputInstanceID: e.InstanceID.OutputState,
 		OutputWorkDir: e.WorkDir.OutputState, OutputGPU: e.GPU.OutputState, OutputHourlyPrice: e.HourlyPrice.OutputState,
+		OutputLeaseFile: e.LeaseFile.OutputState, OutputHostKeyTrust: e.HostKeyTrust.OutputState,
 	} {
 		if st == nil {
 			out = append(out, name)
@@ -308,10 +363,11 @@ func (p *Program) FuncNotify(spec Spec, ready func(Outputs)) pulumi.RunFunc {
 			return err
 		}
 		if ready != nil {
-			pulumi.All(e.Host, e.Port, e.User, e.HostKey, e.InstanceID, e.WorkDir, e.GPU, e.HourlyPrice).ApplyT(
+			pulumi.All(e.Host, e.Port, e.User, e.HostKey, e.InstanceID, e.WorkDir, e.GPU, e.HourlyPrice, e.LeaseFile, e.HostKeyTrust).ApplyT(
 				func(v []any) (int, error) {
 					ready(Outputs{Host: v[0].(string), Port: v[1].(int), User: v[2].(string), HostKey: v[3].(string),
-						InstanceID: v[4].(string), WorkDir: v[5].(string), GPU: v[6].(string), HourlyPrice: v[7].(float64)})
+						InstanceID: v[4].(string), WorkDir: v[5].(string), GPU: v[6].(string), HourlyPrice: v[7].(float64),
+						LeaseFile: v[8].(string), HostKeyTrust: v[9].(string)})
 					return 0, nil
 				})
 		}
@@ -323,6 +379,67 @@ func (p *Program) FuncNotify(spec Spec, ready func(Outputs)) pulumi.RunFunc {
 		ctx.Export(OutputWorkDir, e.WorkDir)
 		ctx.Export(OutputGPU, e.GPU)
 		ctx.Export(OutputHourlyPrice, e.HourlyPrice)
+		ctx.Export(OutputLeaseFile, e.LeaseFile)
+		ctx.Export(OutputHostKeyTrust, e.HostKeyTrust)
 		return nil
 	}
+}
+
+// MachineType is the resource type token of the program's machine.
+func (p *Program) MachineType() string { return p.driver.MachineType() }
+
+// Resource is one resource of a stack's state: its type token and its output properties
+// (secret values are left out).
+type Resource struct {
+	Type    string
+	ID      string // the provider's id of the resource
+	Outputs map[string]any
+}
+
+// MachineState is a job's machine as its provider reported it at the last refresh.
+type MachineState struct {
+	// Exists is false when the stack holds no machine any more: the provider reported it
+	// gone (terminated or deleted outside the service).
+	Exists bool
+	// Running reports whether the machine runs and can be reached.
+	Running bool
+	// Interruptible marks a spot machine, which its cloud may stop.
+	Interruptible bool
+	// Status is the provider's own word for the machine's state ("EXITED", "unhealthy").
+	Status string
+}
+
+// Preempted reports whether the cloud stopped a spot machine.
+func (s MachineState) Preempted() bool { return s.Exists && s.Interruptible && !s.Running }
+
+// Inspect finds the program's machine among a refreshed stack's resources.
+func (p *Program) Inspect(resources []Resource) MachineState {
+	for _, r := range resources {
+		if r.Type != p.driver.MachineType() {
+			continue
+		}
+		s := MachineState{Exists: true, Running: true}
+		if v, ok := r.Outputs["running"].(bool); ok {
+			s.Running = v
+		}
+		if v, ok := r.Outputs["interruptible"].(bool); ok {
+			s.Interruptible = v
+		}
+		if v, ok := r.Outputs["status"].(string); ok {
+			s.Status = v
+		}
+		return s
+	}
+	return MachineState{}
+}
+
+// ValidateOptions checks only what the provider's driver requires of spec (its own
+// configuration and the job's machine options), without the job's keys: a start request
+// is checked with it before a job is made. Errors are job.CodeInvalidArgument.
+func (p *Program) ValidateOptions(spec Spec) error {
+	if err := p.driver.Validate(spec); err != nil {
+		return &job.Error{Code: job.CodeInvalidArgument, Reason: "invalid_machine_options",
+			Message: fmt.Sprintf("provider %s: %v", p.name, err), Err: err}
+	}
+	return nil
 }

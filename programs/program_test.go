@@ -59,9 +59,16 @@ func TestDecodeOutputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := programs.Outputs{Host: "127.0.0.1", Port: 2222, User: "root", HostKey: "ssh-ed25519 AAAA",
-		InstanceID: "local-x", WorkDir: "/w", GPU: "none", HourlyPrice: 0.5}
+		InstanceID: "local-x", WorkDir: "/w", GPU: "none", HourlyPrice: 0.5, HostKeyTrust: programs.TrustInjected}
 	if o != want {
 		t.Errorf("DecodeOutputs = %+v, want %+v", o, want)
+	}
+	withNew := map[string]any{"leaseFile": "/w/lease", "hostKeyTrust": "first-use"}
+	for k, v := range good {
+		withNew[k] = v
+	}
+	if o, err := programs.DecodeOutputs(withNew); err != nil || o.LeaseFile != "/w/lease" || o.HostKeyTrust != programs.TrustFirstUse {
+		t.Errorf("DecodeOutputs with lease and trust = %+v, %v", o, err)
 	}
 	for name, mutate := range map[string]func(m map[string]any){
 		"missing host":   func(m map[string]any) { delete(m, "host") },
@@ -69,6 +76,7 @@ func TestDecodeOutputs(t *testing.T) {
 		"port fraction":  func(m map[string]any) { m["port"] = 22.5 },
 		"port too big":   func(m map[string]any) { m["port"] = float64(70000) },
 		"missing price":  func(m map[string]any) { delete(m, "hourlyPrice") },
+		"lease not text": func(m map[string]any) { m["leaseFile"] = 3.0 },
 	} {
 		m := map[string]any{}
 		for k, v := range good {

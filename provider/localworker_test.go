@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/understudy-ai/training-service/internal/testenv"
+
 	"github.com/pkg/sftp"
 	"github.com/pulumi/pulumi-go-provider/infer"
 	"golang.org/x/crypto/ssh"
@@ -68,33 +70,11 @@ func newKeys(t *testing.T) keys {
 // sits under the world-writable /tmp, which StrictModes refuses, so it is made under the
 // user's cache directory instead.
 func safeBaseDir(t *testing.T) string {
-	t.Helper()
-	parent, err := os.UserCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(parent, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp(parent, "understudy-provider-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := sshd.CheckSafePath(dir); err != nil {
-		t.Fatalf("no directory that sshd StrictModes accepts: %v", err)
-	}
-	return dir
+	return testenv.SSHDDir(t, "understudy-provider-test-")
 }
 
 func requireSSHD(t *testing.T) {
-	t.Helper()
-	if _, err := os.Stat(DefaultSSHDPath); err != nil {
-		t.Skipf("OpenSSH server not installed at %s (apt-get install openssh-server): %v", DefaultSSHDPath, err)
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("a per-job sshd that logs in as the current user needs root here")
-	}
+	testenv.RequireSSHD(t)
 }
 
 // createWorker creates a worker and registers its deletion (and, should Delete fail, the

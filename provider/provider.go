@@ -24,6 +24,9 @@ func New() (p.Provider, error) {
 		WithNamespace("understudy-ai").
 		WithResources(
 			infer.Resource(&LocalWorker{}),
+			infer.Resource(&RunPodPod{}),
+			infer.Resource(&LambdaInstance{}),
+			infer.Resource(&LambdaSSHKey{}),
 		).
 		Build()
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/understudy-ai/training-service/internal/testenv"
+
 	"github.com/understudy-ai/training-service/programs"
 	"github.com/understudy-ai/training-service/programs/programtest"
 	"github.com/understudy-ai/training-service/stacks"
@@ -69,7 +71,7 @@ func runMain(m *testing.M) int {
 func requireEngine(t *testing.T) {
 	t.Helper()
 	if skipWhy != "" {
-		t.Skip(skipWhy)
+		testenv.Missing(t, skipWhy)
 	}
 }
 

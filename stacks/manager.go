@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/pulumi/pulumi/sdk/v3/go/auto"
 	"github.com/pulumi/pulumi/sdk/v3/go/auto/optdestroy"
+	"github.com/pulumi/pulumi/sdk/v3/go/auto/optrefresh"
 	"github.com/pulumi/pulumi/sdk/v3/go/auto/optup"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/apitype"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/workspace"
@@ -27,6 +29,7 @@ import (
 
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/programs"
+	"github.com/understudy-ai/training-service/provider/cloudapi"
 	"github.com/understudy-ai/training-service/provider/version"
 )
 
@@ -470,6 +473,115 @@ func (m *Manager) Outputs(ctx context.Context, trainID string) (programs.Outputs
 	return programs.DecodeOutputs(plainOutputs(outs))
 }
 
+// Refresh asks every resource of the job's stack for its state at its provider (pulumi
+// refresh: the in-repo resources' Read) and returns the resources as now recorded: a machine
+// terminated outside the service is gone from the list, one that stopped says so in its
+// outputs. job.CodeNotFound when there is no such stack.
+func (m *Manager) Refresh(ctx context.Context, trainID string) ([]programs.Resource, error) {
+	name, err := stackNameFor(trainID)
+	if err != nil {
+		return nil, err
+	}
+	unlock := m.lockStack(name)
+	defer unlock()
+	l := m.log.With("train_id", trainID, "stack", name)
+	ws, cleanup, err := m.workspace(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	stack, err := auto.SelectStack(ctx, name, ws)
+	if auto.IsSelectStack404Error(err) {
+		return nil, job.Errorf(job.CodeNotFound, "no stack %s", name)
+	}
+	if err != nil {
+		return nil, m.classify(ctx, err, "select stack %s", name)
+	}
+	diag := &diagnostics{}
+	w := newLineWriter(diag.tee(nil))
+	started := time.Now()
+	_, err = withStaleLockRecovery(ctx, stack, l, func() (auto.RefreshResult, error) {
+		return stack.Refresh(ctx, optrefresh.ProgressStreams(w), optrefresh.ErrorProgressStreams(w))
+	})
+	w.Flush()
+	if err != nil {
+		return nil, m.classify(ctx, err, "refresh stack %s%s", name, diag.suffix())
+	}
+	l.Info("stack refreshed", "phase", "refresh", "duration", time.Since(started))
+	return m.resources(ctx, stack)
+}
+
+// resources reads the resources of a stack's state, without their secret outputs.
+func (m *Manager) resources(ctx context.Context, stack auto.Stack) ([]programs.Resource, error) {
+	dep, err := stack.Export(ctx)
+	if err != nil {
+		return nil, m.classify(ctx, err, "export stack %s", stack.Name())
+	}
+	if len(dep.Deployment) == 0 {
+		return nil, nil
+	}
+	var doc struct {
+		Resources []struct {
+			Type    string         `json:"type"`
+			ID      string         `json:"id"`
+			Custom  bool           `json:"custom"`
+			Outputs map[string]any `json:"outputs"`
+		} `json:"resources"`
+	}
+	if err := json.Unmarshal(dep.Deployment, &doc); err != nil {
+		return nil, job.Wrap(job.CodeInternal, err, "read state of stack %s", stack.Name())
+	}
+	var out []programs.Resource
+	for _, r := range doc.Resources {
+		if !r.Custom || strings.HasPrefix(r.Type, "pulumi:providers:") {
+			continue
+		}
+		outputs := map[string]any{}
+		for k, v := range r.Outputs {
+			if obj, ok := v.(map[string]any); ok && obj["4dabf18193072939515e22adb298388d"] != nil {
+				continue // a secret: encrypted, and not needed
+			}
+			outputs[k] = v
+		}
+		out = append(out, programs.Resource{Type: r.Type, ID: r.ID, Outputs: outputs})
+	}
+	return out, nil
+}
+
+// ResourceIDs returns the provider ids of every resource in every stack of the project,
+// each mapped to its stack's name: what the service still tracks at its clouds.
+func (m *Manager) ResourceIDs(ctx context.Context) (map[string]string, error) {
+	ws, cleanup, err := m.workspace(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	list, err := ws.ListStacks(ctx)
+	if err != nil {
+		return nil, m.classify(ctx, err, "list stacks")
+	}
+	ids := map[string]string{}
+	for _, s := range list {
+		stack, err := auto.SelectStack(ctx, s.Name, ws)
+		if auto.IsSelectStack404Error(err) {
+			continue
+		}
+		if err != nil {
+			return nil, m.classify(ctx, err, "select stack %s", s.Name)
+		}
+		res, err := m.resources(ctx, stack)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range res {
+			if r.ID != "" {
+				ids[r.ID] = s.Name
+			}
+		}
+	}
+	return ids, nil
+}
+
 // List returns every stack of the project, sorted by name.
 func (m *Manager) List(ctx context.Context) ([]Summary, error) {
 	ws, cleanup, err := m.workspace(ctx, nil)
@@ -616,8 +728,17 @@ func (m *Manager) dropPendingOperations(ctx context.Context, stack auto.Stack, l
 	return nil
 }
 
-// classify wraps err with the code callers branch on.
+// classify wraps err with the code callers branch on. A provider's failure that names its
+// reason (a marker in the engine's diagnostics, such as no GPU capacity or a bad API key)
+// gets that reason, and the message loses the marker.
 func (m *Manager) classify(ctx context.Context, err error, format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if reason, cleaned := cloudapi.ParseMarker(msg); reason != "" {
+		if code, ok := providerReasons[reason]; ok && ctx.Err() == nil {
+			return &job.Error{Code: code, Reason: string(reason), Message: cleaned, Err: err}
+		}
+		format, args = "%s", []any{cleaned}
+	}
 	var jerr *job.Error
 	switch {
 	case errors.As(err, &jerr):
@@ -630,6 +751,14 @@ func (m *Manager) classify(ctx context.Context, err error, format string, args .
 		return job.Wrap(job.CodeInternal, err, format+": the program failed", args...)
 	}
 	return job.Wrap(job.CodeUnavailable, err, format, args...)
+}
+
+// providerReasons are the providers' failure reasons that reach users as job error codes,
+// with the code each implies.
+var providerReasons = map[cloudapi.Reason]job.Code{
+	cloudapi.ReasonNoCapacity: job.CodeResourceExhausted,
+	cloudapi.ReasonQuota:      job.CodeResourceExhausted,
+	cloudapi.ReasonAuth:       job.CodeFailedPrecondition,
 }
 
 // plainOutputs drops the secret markers of stack outputs; no contract output is secret.

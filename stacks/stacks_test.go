@@ -19,6 +19,7 @@ import (
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/programs"
 	"github.com/understudy-ai/training-service/programs/programtest"
+	"github.com/understudy-ai/training-service/provider/version"
 	"github.com/understudy-ai/training-service/sshrunner"
 	"github.com/understudy-ai/training-service/stacks"
 )
@@ -400,7 +401,7 @@ func TestOpenInstallsPluginOnce(t *testing.T) {
 	t.Parallel()
 	data := t.TempDir()
 	newManager(t, data)
-	installed := filepath.Join(data, "pulumi-home", "plugins", "resource-understudy-v0.1.0", "pulumi-resource-understudy")
+	installed := filepath.Join(data, "pulumi-home", "plugins", "resource-understudy-v"+version.Version, "pulumi-resource-understudy")
 	st1, err := os.Stat(installed)
 	if err != nil {
 		t.Fatalf("plugin not installed: %v", err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/understudy-ai/training-service/dataset"
 	"github.com/understudy-ai/training-service/job"
+	"github.com/understudy-ai/training-service/lifecycle"
 	"github.com/understudy-ai/training-service/progress"
 )
 
@@ -135,6 +136,9 @@ func clientStart(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	datasetURI := fs.String("dataset-uri", "", "dataset storage URL")
 	hp := fs.String("hyperparameters", "", `hyperparameters as JSON, e.g. {"epochs":2}`)
 	maxDur := fs.Int("max-duration", 0, "max_duration_seconds (0: none)")
+	gpuType := fs.String("gpu-type", "", "the provider's GPU type (RunPod GPU type id, Lambda instance type); default: the service's")
+	spot := fs.Bool("spot", false, "ask for an interruptible (spot) machine")
+	fallback := fs.Bool("on-demand-fallback", false, "with --spot, take an on-demand machine when no spot machine can be had")
 	wait := fs.Bool("wait", false, "follow the job's log until it ends; exit non-zero unless it completes")
 	raw := fs.Bool("raw", false, "with --wait, print log lines as stored (progress as JSON)")
 	if err := fs.Parse(args); err != nil {
@@ -158,6 +162,15 @@ func clientStart(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		*trainID = fmt.Sprintf("job-%s-%s", time.Now().UTC().Format("20060102-150405"), randomHex(3))
 	}
 	body["train_id"] = *trainID
+	if *gpuType != "" {
+		body["gpu_type"] = *gpuType
+	}
+	if *spot {
+		body["spot"] = true
+	}
+	if *fallback {
+		body["on_demand_fallback"] = true
+	}
 	if *datasetPath != "" {
 		abs, err := filepath.Abs(*datasetPath)
 		if err != nil {
@@ -410,6 +423,9 @@ func clientList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 func clientStacks(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "gc" {
+		return clientStacksGC(ctx, args[1:], stdout, stderr)
+	}
 	fs, u, tf := clientFlags("stacks", stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -434,4 +450,51 @@ func clientStacks(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintf(tw, "%s\t%s\t%v\n", s.Name, s.JobStatus, s.Orphaned)
 	}
 	return tw.Flush()
+}
+
+// clientStacksGC lists the machines and keys at the clouds that carry the service's name
+// but belong to no stack, and with --yes removes them.
+func clientStacksGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, u, tf := clientFlags("stacks gc", stderr)
+	yes := fs.Bool("yes", false, "terminate what is listed (without it, only list)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("stacks gc takes no arguments")
+	}
+	c, err := newClient(*u, *tf)
+	if err != nil {
+		return err
+	}
+	var res lifecycle.GCResult
+	method := http.MethodGet
+	if *yes {
+		method = http.MethodPost
+	}
+	if _, err := c.do(ctx, method, "/api/v1/stacks/gc", nil, &res); err != nil {
+		return err
+	}
+	if len(res.Orphans) == 0 {
+		fmt.Fprintln(stdout, "no orphaned machines or keys")
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROVIDER\tKIND\tID\tNAME\tSTATUS\tUSD/H")
+	for _, m := range res.Orphans {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\n", m.Provider, m.Kind, m.ID, m.Name, m.Status, m.HourlyPriceUSD)
+	}
+	tw.Flush()
+	if !*yes {
+		fmt.Fprintf(stdout, "%d orphaned; run `understudy-train stacks gc --yes` to terminate them\n", len(res.Orphans))
+		return nil
+	}
+	fmt.Fprintf(stdout, "removed %d\n", len(res.Removed))
+	for _, f := range res.Failed {
+		fmt.Fprintf(stderr, "could not remove %s %s %s: %s\n", f.Provider, f.Kind, f.ID, f.Error)
+	}
+	if len(res.Failed) > 0 {
+		return fmt.Errorf("%d orphans could not be removed", len(res.Failed))
+	}
+	return nil
 }

@@ -41,6 +41,7 @@ commands:
   logs      stream a job's log and progress until it ends
   list      list jobs
   stacks    list the Pulumi stacks and the jobs that own them
+  stacks gc list machines at the clouds that no stack owns (--yes: terminate them)
   version   print the version
 
 Client commands read UNDERSTUDY_URL (default http://127.0.0.1:8080) and

@@ -40,6 +40,7 @@ type Config struct {
 	RuntimeDir    string
 	LogFormat     string
 	LogLevel      string
+	MachineLease  time.Duration
 }
 
 // Validate names the first bad field.
@@ -59,6 +60,9 @@ func (c *Config) Validate() error {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.MachineLease != 0 && c.MachineLease < 10*time.Second {
+		return fmt.Errorf("--machine-lease %v: want 0 (off) or at least 10s", c.MachineLease)
 	}
 	return nil
 }
@@ -87,6 +91,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.RuntimeDir, "runtime-dir", os.Getenv("UNDERSTUDY_RUNTIME_DIR"), "ship the training runtime from this directory instead of the embedded one (development)")
 	fs.StringVar(&cfg.LogFormat, "log-format", envOr("UNDERSTUDY_LOG_FORMAT", "text"), "text or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", envOr("UNDERSTUDY_LOG_LEVEL", "info"), "debug, info, warn or error")
+	defaultLease, err := time.ParseDuration(envOr("UNDERSTUDY_MACHINE_LEASE", "15m"))
+	if err != nil {
+		return usageError("UNDERSTUDY_MACHINE_LEASE: " + err.Error())
+	}
+	fs.DurationVar(&cfg.MachineLease, "machine-lease", defaultLease, "a cloud machine stops itself when the service has not renewed its lease for this long (0: off)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -106,6 +115,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log = slog.New(slog.NewTextHandler(stderr, hopts))
 	}
 
+	provs, err := loadProviders(envGetter)
+	if err != nil {
+		return fmt.Errorf("provider configuration: %w", err)
+	}
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("resolve data dir: %w", err)
@@ -153,7 +166,22 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		runtime = os.DirFS(cfg.RuntimeDir)
 		log.Warn("shipping a runtime from a directory instead of the embedded one", "dir", cfg.RuntimeDir)
 	}
-	prov := lifecycle.NewStackProvisioner(mgr, programs.LocalConfig{BaseDir: filepath.Join(dataDir, "workers")})
+	provs.programs.Local = programs.LocalConfig{BaseDir: filepath.Join(dataDir, "workers")}
+	prov := lifecycle.NewStackProvisioner(mgr, provs.programs)
+	inventories := map[string]lifecycle.Inventory{}
+	if provs.runpod != nil {
+		inventories["runpod"] = lifecycle.NewRunPodInventory(provs.runpod)
+	}
+	if provs.lambda != nil {
+		inventories["lambda"] = lifecycle.NewLambdaInventory(provs.lambda)
+	}
+	lease := cfg.MachineLease
+	if lease == 0 {
+		lease = -1 // off
+	}
+	for name, st := range provs.status {
+		log.Info("provider", "provider", name, "status", st)
+	}
 	drv, err := lifecycle.New(lifecycle.Config{
 		DataDir:       dataDir,
 		MaxConcurrent: cfg.MaxConcurrent,
@@ -161,6 +189,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		WeightsURL:    weights.BaseURI,
 		CallbackURL:   cfg.PublicURL,
 		Python:        map[string]string{"local": cfg.LocalPython},
+		MachineLease:  lease,
+		Inventories:   inventories,
 	}, st, prov, lifecycle.NewSSHConnector(weights.Bucket, log), log)
 	if err != nil {
 		return err
@@ -171,7 +201,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           api.New(drv, api.Options{Token: token, Providers: programs.Names(), Logger: log}),
+		Handler:           api.New(drv, api.Options{Token: token, Providers: programs.Names(), ProviderStatus: provs.status, Logger: log}),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}

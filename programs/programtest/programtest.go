@@ -224,14 +224,15 @@ func testDeploy(t *testing.T, h Harness, prog *programs.Program) {
 			return err
 		}
 		exports = e
-		pulumi.All(e.Host, e.Port, e.User, e.HostKey, e.InstanceID, e.WorkDir, e.GPU, e.HourlyPrice).ApplyT(func(vs []any) error {
+		pulumi.All(e.Host, e.Port, e.User, e.HostKey, e.InstanceID, e.WorkDir, e.GPU, e.HourlyPrice, e.LeaseFile, e.HostKeyTrust).ApplyT(func(vs []any) error {
 			defer close(done)
 			var ok bool
 			fields := []struct {
 				dst any
 				v   any
 			}{{&got.Host, vs[0]}, {&got.Port, vs[1]}, {&got.User, vs[2]}, {&got.HostKey, vs[3]},
-				{&got.InstanceID, vs[4]}, {&got.WorkDir, vs[5]}, {&got.GPU, vs[6]}, {&got.HourlyPrice, vs[7]}}
+				{&got.InstanceID, vs[4]}, {&got.WorkDir, vs[5]}, {&got.GPU, vs[6]}, {&got.HourlyPrice, vs[7]},
+				{&got.LeaseFile, vs[8]}, {&got.HostKeyTrust, vs[9]}}
 			for i, f := range fields {
 				switch dst := f.dst.(type) {
 				case *string:
@@ -282,6 +283,23 @@ func testDeploy(t *testing.T, h Harness, prog *programs.Program) {
 		}
 		if got.HourlyPrice < 0 {
 			t.Errorf("hourlyPrice = %v", got.HourlyPrice)
+		}
+		if got.HostKeyTrust != programs.TrustInjected {
+			t.Errorf("hostKeyTrust = %q, want %q: the service's host key must reach the machine", got.HostKeyTrust, programs.TrustInjected)
+		}
+		if got.LeaseFile != "" && !strings.HasPrefix(got.LeaseFile, strings.TrimSuffix(got.WorkDir, "/")+"/") {
+			t.Errorf("leaseFile %q is not inside workDir %q", got.LeaseFile, got.WorkDir)
+		}
+	})
+	t.Run("MachineRegistered", func(t *testing.T) {
+		n := 0
+		for _, r := range m.registered() {
+			if r.TypeToken == prog.MachineType() {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d resources of the machine type %s registered, want 1", n, prog.MachineType())
 		}
 	})
 	t.Run("NoSecretInOutputs", func(t *testing.T) {

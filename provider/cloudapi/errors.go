@@ -27,12 +27,14 @@ const (
 // Error is a failed call to a cloud API. Message is the provider's own explanation; it
 // never holds the API key.
 type Error struct {
-	Provider   string // "runpod", "lambda"
-	Op         string // what was attempted, "create pod"
-	Status     int    // HTTP status; 0 when no response arrived
-	Reason     Reason
-	Code       string // the provider's machine-readable code, when it has one
-	Message    string
+	Provider string // "runpod", "lambda"
+	Op       string // what was attempted, "create pod"
+	Status   int    // HTTP status; 0 when no response arrived
+	Reason   Reason
+	Code     string // the provider's machine-readable code, when it has one
+	Message  string
+	// Fields names the request fields the provider found fault with, when it says.
+	Fields     []string
 	RetryAfter time.Duration // from a Retry-After header
 	// Ambiguous reports that the request may have taken effect although it failed (a
 	// timeout or a 5xx answer to a create): look before you retry.

@@ -570,3 +570,46 @@ func CheckSafePath(dir string) error {
 		}
 	}
 }
+
+// ScanHostKey completes an SSH key exchange with addr and returns the ed25519 host key it
+// presents, without logging in. It is how a machine whose host key could not be installed
+// at boot gets its key pinned on first use.
+func ScanHostKey(ctx context.Context, addr string) (ssh.PublicKey, error) {
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	if deadline, ok := dctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	var seen ssh.PublicKey
+	cfg := &ssh.ClientConfig{
+		User:              "probe",
+		HostKeyAlgorithms: []string{ssh.KeyAlgoED25519},
+		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+			seen = key
+			return nil
+		},
+	}
+	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
+	if err == nil {
+		go ssh.DiscardRequests(reqs)
+		go func() {
+			for ch := range chans {
+				_ = ch.Reject(ssh.Prohibited, "probe")
+			}
+		}()
+		c.Close()
+	}
+	if seen == nil {
+		if err == nil {
+			err = errors.New("no key exchange")
+		}
+		return nil, fmt.Errorf("scan host key of %s: %w", addr, err)
+	}
+	return seen, nil
+}

@@ -7,4 +7,4 @@ package version
 
 // Version is the provider's plugin version. Bump it whenever the provider binary changes in
 // a way that stacks must notice: the service installs the plugin under this version.
-const Version = "0.1.0"
+const Version = "0.2.0"
