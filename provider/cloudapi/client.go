@@ -263,3 +263,21 @@ func scrubURL(err error) error {
 	}
 	return err
 }
+
+// Poll calls check every interval until it reports done or fails, or ctx ends (then it
+// returns ctx's error): the waits for a machine to start or to go away.
+func Poll(ctx context.Context, every time.Duration, check func() (done bool, err error)) error {
+	for {
+		done, err := check()
+		if done || err != nil {
+			return err
+		}
+		t := time.NewTimer(every)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}

@@ -321,42 +321,44 @@ func (c *Client) Terminate(ctx context.Context, ids ...string) error {
 // WaitActive polls the instance until it is active with an IP address. An instance that
 // becomes unhealthy or is terminated meanwhile is an error.
 func (c *Client) WaitActive(ctx context.Context, id string) (*Instance, error) {
-	for {
+	var inst *Instance
+	err := cloudapi.Poll(ctx, c.poll, func() (bool, error) {
 		in, err := c.Instance(ctx, id)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
+		inst = in
 		switch in.Status {
-		case StatusActive:
-			if in.Address() != "" {
-				return in, nil
-			}
 		case StatusUnhealthy, StatusTerminating, StatusTerminated:
-			return in, cloudapi.Errorf("lambda", cloudapi.ReasonUnavailable, "wait for instance",
+			return false, cloudapi.Errorf("lambda", cloudapi.ReasonUnavailable, "wait for instance",
 				"instance %s became %s before it was active", id, in.Status)
 		}
-		if err := sleep(ctx, c.poll); err != nil {
-			return in, cloudapi.Errorf("lambda", cloudapi.ReasonUnavailable, "wait for instance",
-				"instance %s is still %s: %v", id, in.Status, err)
-		}
+		return in.Status == StatusActive && in.Address() != "", nil
+	})
+	if err != nil && ctx.Err() != nil && inst != nil {
+		err = cloudapi.Errorf("lambda", cloudapi.ReasonUnavailable, "wait for instance", "instance %s is still %s: %v", id, inst.Status, err)
 	}
+	return inst, err
 }
 
 // WaitTerminated polls until the instance is terminated or gone.
 func (c *Client) WaitTerminated(ctx context.Context, id string) error {
-	for {
+	status := ""
+	err := cloudapi.Poll(ctx, c.poll, func() (bool, error) {
 		in, err := c.Instance(ctx, id)
-		if cloudapi.IsNotFound(err) || (err == nil && in.Status == StatusTerminated) {
-			return nil
+		if cloudapi.IsNotFound(err) {
+			return true, nil
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
-		if err := sleep(ctx, c.poll); err != nil {
-			return cloudapi.Errorf("lambda", cloudapi.ReasonUnavailable, "wait for termination",
-				"instance %s is still %s: %v", id, in.Status, err)
-		}
+		status = in.Status
+		return in.Status == StatusTerminated, nil
+	})
+	if err != nil && ctx.Err() != nil {
+		err = cloudapi.Errorf("lambda", cloudapi.ReasonUnavailable, "wait for termination", "instance %s is still %s: %v", id, status, err)
 	}
+	return err
 }
 
 // SSHKeys lists the registered SSH keys.
@@ -418,17 +420,6 @@ func (c *Client) DeleteSSHKey(ctx context.Context, id string) error {
 	_, err := c.api.Do(ctx, cloudapi.Request{Method: http.MethodDelete, Path: "/ssh-keys/" + url.PathEscape(id),
 		Op: "delete SSH key", Idempotent: true, NotFoundOK: true}, nil)
 	return err
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // decodeError reads Lambda's error envelope and classifies it by code.

@@ -235,42 +235,45 @@ func (c *Client) DeletePod(ctx context.Context, id string) error {
 // WaitRunning polls the pod until it runs with a direct SSH address. A pod that exits,
 // fails or is terminated meanwhile is an error.
 func (c *Client) WaitRunning(ctx context.Context, id string) (*Pod, error) {
-	for {
-		pod, err := c.GetPod(ctx, id)
+	var pod *Pod
+	err := cloudapi.Poll(ctx, c.poll, func() (bool, error) {
+		p, err := c.GetPod(ctx, id)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
-		switch {
-		case pod.Running():
-			return pod, nil
-		case pod.Status == StatusRunning:
-			// Running without ssh.direct: 22/tcp is exposed but not mapped yet.
-		case pod.Status == StatusExited || pod.Status == StatusError || pod.Status == StatusTerminated:
-			return pod, cloudapi.Errorf("runpod", cloudapi.ReasonUnavailable, "wait for pod",
-				"pod %s became %s before it ran", id, pod.Status)
+		pod = p
+		switch p.Status {
+		case StatusExited, StatusError, StatusTerminated:
+			return false, cloudapi.Errorf("runpod", cloudapi.ReasonUnavailable, "wait for pod",
+				"pod %s became %s before it ran", id, p.Status)
 		}
-		if err := sleep(ctx, c.poll); err != nil {
-			return pod, cloudapi.Errorf("runpod", cloudapi.ReasonUnavailable, "wait for pod",
-				"pod %s is still %s: %v", id, pod.Status, err)
-		}
+		// RUNNING without ssh.direct: 22/tcp is exposed but not mapped yet.
+		return p.Running(), nil
+	})
+	if err != nil && ctx.Err() != nil && pod != nil {
+		err = cloudapi.Errorf("runpod", cloudapi.ReasonUnavailable, "wait for pod", "pod %s is still %s: %v", id, pod.Status, err)
 	}
+	return pod, err
 }
 
 // WaitGone polls until the pod no longer exists (or is TERMINATED).
 func (c *Client) WaitGone(ctx context.Context, id string) error {
-	for {
+	status := ""
+	err := cloudapi.Poll(ctx, c.poll, func() (bool, error) {
 		pod, err := c.GetPod(ctx, id)
-		if cloudapi.IsNotFound(err) || (err == nil && pod.Status == StatusTerminated) {
-			return nil
+		if cloudapi.IsNotFound(err) {
+			return true, nil
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
-		if err := sleep(ctx, c.poll); err != nil {
-			return cloudapi.Errorf("runpod", cloudapi.ReasonUnavailable, "wait for pod deletion",
-				"pod %s is still %s: %v", id, pod.Status, err)
-		}
+		status = pod.Status
+		return pod.Status == StatusTerminated, nil
+	})
+	if err != nil && ctx.Err() != nil {
+		err = cloudapi.Errorf("runpod", cloudapi.ReasonUnavailable, "wait for pod deletion", "pod %s is still %s: %v", id, status, err)
 	}
+	return err
 }
 
 // GPUType returns one entry of the catalogue; cloudapi.ReasonNotFound for an unknown id.
@@ -282,17 +285,6 @@ func (c *Client) GPUType(ctx context.Context, id string) (*GPUType, error) {
 		return nil, err
 	}
 	return &g, nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // capacityText matches what RunPod says when it has no machine for a request; its 400s
