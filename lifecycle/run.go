@@ -199,9 +199,14 @@ func (d *Driver) stackLog(ctx context.Context, trainID string) func(string) {
 	}
 }
 
+// phaseErr gives err the phase's reason, unless err already carries a provider's own
+// reason (no capacity, a bad key), which says more to the user.
 func phaseErr(reason string, err error, msg string) error {
 	if err == nil {
 		return nil
+	}
+	if slices.Contains(job.ProviderReasons, job.ReasonOf(err)) {
+		return err
 	}
 	m := msg
 	if inner := job.MessageOf(err); inner != "internal error" {
@@ -238,9 +243,6 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 		}
 		m, err := d.prov.Provision(ctx, req, d.stackLog(ctx, trainID))
 		if err != nil {
-			if slices.Contains(job.ProviderReasons, job.ReasonOf(err)) {
-				return err
-			}
 			return phaseErr(job.ReasonProvisionFailed, err, "provision machine")
 		}
 		if m.HostKeyTrust == "first-use" {

@@ -154,7 +154,3 @@ func envOr(name, def string) string {
 // pollInterval is how often the cloud resources look at a machine that is starting or
 // going away.
 const pollInterval = 2 * time.Second
-
-func sshParse(line string) (ssh.PublicKey, string, []string, []byte, error) {
-	return ssh.ParseAuthorizedKey([]byte(line))
-}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"reflect"
 	"strconv"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/understudy-ai/training-service/internal/fakecloud"
+	"github.com/understudy-ai/training-service/internal/fakecloud/fakecloudtest"
 	"github.com/understudy-ai/training-service/provider/cloudapi"
 	"github.com/understudy-ai/training-service/provider/runpod"
 )
@@ -32,46 +32,16 @@ const (
 
 // cloudFake is a fake cloud served over HTTP.
 type cloudFake struct {
-	t       *testing.T
-	root    string // the server's root, where /_fake/ lives
-	url     string // the resources' apiUrl
-	sshPort int    // Lambda: every instance's sshd port
+	t *testing.T
+	*fakecloudtest.Fake
 }
 
 // startCloudFake serves a fake cloud until the test ends, when every machine it made is torn
 // down. wrap, when not nil, wraps the fake's handler.
 func startCloudFake(t *testing.T, cfg fakecloud.Config, wrap func(http.Handler) http.Handler) *cloudFake {
 	t.Helper()
-	requireSSHD(t)
-	cfg.Dir, cfg.APIKey = safeBaseDir(t), cloudTestKey
-	if cfg.BootDelay == 0 {
-		cfg.BootDelay = 200 * time.Millisecond
-	}
-	if cfg.Provider == fakecloud.Lambda {
-		cfg.LaunchInterval, cfg.SSHPort = 10*time.Millisecond, freeLoopbackPort(t)
-	}
-	var srv *fakecloud.Server
-	t.Cleanup(func() {
-		if srv == nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := srv.Close(ctx); err != nil {
-			t.Errorf("close fake: %v", err)
-		}
-	})
-	var err error
-	if srv, err = fakecloud.New(cfg); err != nil {
-		t.Fatalf("start fake: %v", err)
-	}
-	h := srv.Handler()
-	if wrap != nil {
-		h = wrap(h)
-	}
-	ts := httptest.NewServer(h)
-	t.Cleanup(ts.Close)
-	return &cloudFake{t: t, root: ts.URL, url: srv.BaseURL(ts.URL), sshPort: cfg.SSHPort}
+	cfg.APIKey = cloudTestKey
+	return &cloudFake{t: t, Fake: fakecloudtest.Start(t, cfg, wrap)}
 }
 
 type cloudFakeMachine struct {
@@ -102,17 +72,7 @@ func (f *cloudFake) creates() int {
 	return out.Creates
 }
 
-func (f *cloudFake) get(path string, out any) {
-	f.t.Helper()
-	resp, err := http.Get(f.root + path)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		f.t.Fatalf("decode %s: %v", path, err)
-	}
-}
+func (f *cloudFake) get(path string, out any) { f.Get(path, out) }
 
 // wantNoMachine fails the test when the fake still holds a machine.
 func (f *cloudFake) wantNoMachine() {
@@ -120,16 +80,6 @@ func (f *cloudFake) wantNoMachine() {
 	if ms, _ := f.machines(); len(ms) != 0 {
 		f.t.Errorf("fake machines = %+v, want none", ms)
 	}
-}
-
-func freeLoopbackPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // setCloudEnv gives the provider the API key in variable name and a rate limit directory
@@ -192,7 +142,7 @@ func loginUser(t *testing.T) string {
 
 func podArgs(f *cloudFake, k keys, name string) RunPodPodArgs {
 	return RunPodPodArgs{Name: name, GPUType: rtx4090, AuthorizedKeys: []string{k.authorized}, HostPrivateKey: k.hostPEM,
-		WorkDir: "/workspace/job", LeaseSeconds: 600, APIURL: f.url, ReadyTimeout: 60}
+		WorkDir: "/workspace/job", LeaseSeconds: 600, APIURL: f.URL, ReadyTimeout: 60}
 }
 
 func TestRunPodPodLifecycle(t *testing.T) {
@@ -266,7 +216,7 @@ func TestRunPodPodSpot(t *testing.T) {
 	setCloudEnv(t, "RUNPOD_API_KEY")
 	ctx := t.Context()
 	k := newKeys(t)
-	price, err := runpod.New(runpod.Config{APIURL: f.url, APIKey: cloudTestKey}).SpotPrice(ctx, rtx4090, 1)
+	price, err := runpod.New(runpod.Config{APIURL: f.URL, APIKey: cloudTestKey}).SpotPrice(ctx, rtx4090, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +352,7 @@ func TestCloudResourcesWithoutAPIKey(t *testing.T) {
 func createLambdaKey(t *testing.T, f *cloudFake, k keys, name string) infer.CreateResponse[LambdaSSHKeyState] {
 	t.Helper()
 	resp, err := (&LambdaSSHKey{}).Create(t.Context(), infer.CreateRequest[LambdaSSHKeyArgs]{Name: "key",
-		Inputs: LambdaSSHKeyArgs{Name: name, PublicKey: k.authorized, APIURL: f.url}})
+		Inputs: LambdaSSHKeyArgs{Name: name, PublicKey: k.authorized, APIURL: f.URL}})
 	if err != nil {
 		t.Fatalf("LambdaSSHKey.Create: %v", err)
 	}
@@ -414,8 +364,8 @@ func createLambdaKey(t *testing.T, f *cloudFake, k keys, name string) infer.Crea
 
 func instanceArgs(t *testing.T, f *cloudFake, k keys, name, keyName string) LambdaInstanceArgs {
 	return LambdaInstanceArgs{Name: name, InstanceType: "gpu_1x_a10", SSHKeyName: keyName, AuthorizedKeys: []string{k.authorized},
-		HostPrivateKey: k.hostPEM, SSHUser: loginUser(t), SSHPort: f.sshPort, WorkDir: "/home/ubuntu/job", LeaseSeconds: 600,
-		APIURL: f.url, ReadyTimeout: 60}
+		HostPrivateKey: k.hostPEM, SSHUser: loginUser(t), SSHPort: f.SSHPort, WorkDir: "/home/ubuntu/job", LeaseSeconds: 600,
+		APIURL: f.URL, ReadyTimeout: 60}
 }
 
 func TestLambdaInstanceLifecycle(t *testing.T) {
@@ -439,7 +389,7 @@ func TestLambdaInstanceLifecycle(t *testing.T) {
 	if resp.ID == "" || resp.ID != s.InstanceID {
 		t.Errorf("ID = %q, instanceId = %q; want equal and non-empty", resp.ID, s.InstanceID)
 	}
-	if ip := net.ParseIP(s.Host); ip == nil || !ip.IsLoopback() || s.Port != f.sshPort || s.User != args.SSHUser || !s.Running {
+	if ip := net.ParseIP(s.Host); ip == nil || !ip.IsLoopback() || s.Port != f.SSHPort || s.User != args.SSHUser || !s.Running {
 		t.Errorf("state host=%q port=%d user=%q running=%v", s.Host, s.Port, s.User, s.Running)
 	}
 	if s.HostKeyTrust != TrustInjected || s.HostPublicKey != authorizedLine(k.hostPub) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pulumi/pulumi-go-provider/infer"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/understudy-ai/training-service/provider/boot"
 	"github.com/understudy-ai/training-service/provider/cloudapi"
@@ -365,7 +366,7 @@ func (k *LambdaSSHKey) Create(ctx context.Context, req infer.CreateRequest[Lambd
 	if in.Name == "" || len(in.Name) > 64 {
 		return infer.CreateResponse[LambdaSSHKeyState]{}, fmt.Errorf("name %q: want 1-64 characters", in.Name)
 	}
-	if _, _, _, _, err := sshParse(in.PublicKey); err != nil {
+	if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(in.PublicKey)); err != nil {
 		return infer.CreateResponse[LambdaSSHKeyState]{}, fmt.Errorf("publicKey: %w", err)
 	}
 	state := LambdaSSHKeyState{LambdaSSHKeyArgs: in}
@@ -423,20 +424,18 @@ func (k *LambdaSSHKey) Delete(ctx context.Context, req infer.DeleteRequest[Lambd
 	if err != nil {
 		return infer.DeleteResponse{}, err
 	}
-	deadline := time.Now().Add(lambdaGoneTimeout)
-	for {
-		err := client.DeleteSSHKey(ctx, req.ID)
-		if err == nil {
-			return infer.DeleteResponse{}, nil
+	wctx, cancel := context.WithTimeout(ctx, lambdaGoneTimeout)
+	defer cancel()
+	err = cloudapi.Poll(wctx, pollInterval, func() (bool, error) {
+		err := client.DeleteSSHKey(wctx, req.ID)
+		if cloudapi.ReasonOf(err) == cloudapi.ReasonConflict {
+			status(ctx, "SSH key %s is still in use; waiting", req.State.Name)
+			return false, nil
 		}
-		if cloudapi.ReasonOf(err) != cloudapi.ReasonConflict || time.Now().After(deadline) {
-			return infer.DeleteResponse{}, err
-		}
-		status(ctx, "SSH key %s is still in use; waiting", req.State.Name)
-		select {
-		case <-ctx.Done():
-			return infer.DeleteResponse{}, err
-		case <-time.After(pollInterval):
-		}
+		return err == nil, err
+	})
+	if err != nil {
+		return infer.DeleteResponse{}, fmt.Errorf("delete SSH key %s: %w", req.State.Name, err)
 	}
+	return infer.DeleteResponse{}, nil
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -207,6 +206,3 @@ func (f *Fake) Stop() {
 	}
 	f.cmd = nil
 }
-
-// String names the fake for messages.
-func (f *Fake) String() string { return fmt.Sprintf("fake %s at %s", f.Provider, f.URL) }

@@ -18,26 +18,6 @@ type Limiter interface {
 	Wait(ctx context.Context) error
 }
 
-// Interval allows one request per Every within this process.
-type Interval struct {
-	Every time.Duration
-	mu    sync.Mutex
-	next  time.Time
-}
-
-// Wait implements Limiter.
-func (l *Interval) Wait(ctx context.Context) error {
-	l.mu.Lock()
-	now := time.Now()
-	at := l.next
-	if at.Before(now) {
-		at = now
-	}
-	l.next = at.Add(l.Every)
-	l.mu.Unlock()
-	return sleepUntil(ctx, at)
-}
-
 // FileInterval allows one request per Every across every process of this host that uses
 // the same Path: each engine run starts its own provider process, so an in-process limit
 // alone would let concurrent jobs exceed a cloud's per-account rate. The file holds the

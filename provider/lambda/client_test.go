@@ -16,11 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/understudy-ai/training-service/internal/testenv"
-
 	"golang.org/x/crypto/ssh"
 
 	"github.com/understudy-ai/training-service/internal/fakecloud"
+	"github.com/understudy-ai/training-service/internal/fakecloud/fakecloudtest"
 	"github.com/understudy-ai/training-service/provider/cloudapi"
 	"github.com/understudy-ai/training-service/provider/lambda"
 	"github.com/understudy-ai/training-service/provider/sshd"
@@ -42,60 +41,17 @@ func newClient(t *testing.T, apiURL, key string) *lambda.Client {
 		RequestInterval: time.Millisecond, LaunchInterval: 20 * time.Millisecond, RateDir: t.TempDir()})
 }
 
-func requireSSHD(t *testing.T) {
-	testenv.RequireSSHD(t)
-}
-
-// safeDir returns a fresh directory that sshd's StrictModes accepts: the usual temp dir
-// sits under the world-writable /tmp, so it is made under the user's cache directory.
-func safeDir(t *testing.T) string {
-	return testenv.SSHDDir(t, "lambda-")
-}
-
-// freePort returns a TCP port that is free on loopback now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // fake is an in-process fake Lambda Cloud served over HTTP.
 type fake struct {
-	t       *testing.T
-	root    string // the server's root, where /_fake/ lives
-	url     string // the client's APIURL
-	sshPort int    // every instance's sshd port
+	t *testing.T
+	*fakecloudtest.Fake
 }
 
-// startFake serves a fake Lambda Cloud with cfg's faults until the test ends, when every
-// machine it made is torn down.
+// startFake serves a fake Lambda Cloud with cfg's faults until the test ends.
 func startFake(t *testing.T, cfg fakecloud.Config) *fake {
 	t.Helper()
-	requireSSHD(t)
-	cfg.Provider, cfg.Dir, cfg.APIKey = fakecloud.Lambda, safeDir(t), testKey
-	cfg.BootDelay, cfg.LaunchInterval, cfg.SSHPort = 200*time.Millisecond, 10*time.Millisecond, freePort(t)
-	var srv *fakecloud.Server
-	t.Cleanup(func() {
-		if srv == nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := srv.Close(ctx); err != nil {
-			t.Errorf("close fake: %v", err)
-		}
-	})
-	var err error
-	if srv, err = fakecloud.New(cfg); err != nil {
-		t.Fatalf("start fake: %v", err)
-	}
-	ts := httptest.NewServer(srv.Handler())
-	t.Cleanup(ts.Close)
-	return &fake{t: t, root: ts.URL, url: srv.BaseURL(ts.URL), sshPort: cfg.SSHPort}
+	cfg.Provider, cfg.APIKey = fakecloud.Lambda, testKey
+	return &fake{t: t, Fake: fakecloudtest.Start(t, cfg, nil)}
 }
 
 type fakeMachine struct {
@@ -113,17 +69,7 @@ type fakeKey struct {
 	Name string `json:"name"`
 }
 
-func (f *fake) get(path string, out any) {
-	f.t.Helper()
-	resp, err := http.Get(f.root + path)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		f.t.Fatalf("decode %s: %v", path, err)
-	}
-}
+func (f *fake) get(path string, out any) { f.Get(path, out) }
 
 // machines lists the machines and SSH keys the fake holds.
 func (f *fake) machines() ([]fakeMachine, []fakeKey) {
@@ -196,7 +142,7 @@ func terminate(t *testing.T, c *lambda.Client, id string) {
 func TestInstanceLifecycle(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{})
-	c := newClient(t, f.url, testKey)
+	c := newClient(t, f.URL, testKey)
 	ctx := waitCtx(t)
 	key := addKey(t, ctx, c, "tr-life-key")
 
@@ -213,7 +159,7 @@ func TestInstanceLifecycle(t *testing.T) {
 		t.Fatalf("fake machines = %+v, want instance %s", ms, id)
 	}
 	ip := net.ParseIP(inst.Address())
-	if inst.Status != lambda.StatusActive || ip == nil || !ip.IsLoopback() || inst.Address() != ms[0].SSHHost || ms[0].SSHPort != f.sshPort {
+	if inst.Status != lambda.StatusActive || ip == nil || !ip.IsLoopback() || inst.Address() != ms[0].SSHHost || ms[0].SSHPort != f.SSHPort {
 		t.Errorf("instance status=%s ip=%q, fake machine at %s:%d; want active at the machine's loopback address",
 			inst.Status, inst.Address(), ms[0].SSHHost, ms[0].SSHPort)
 	}
@@ -225,7 +171,7 @@ func TestInstanceLifecycle(t *testing.T) {
 		t.Errorf("machine authorized keys = %q, want the registered key", ms[0].AuthorizedKeys)
 	}
 	// The instance's sshd answers where the API says.
-	if _, err := sshd.ScanHostKey(ctx, net.JoinHostPort(inst.Address(), strconv.Itoa(f.sshPort))); err != nil {
+	if _, err := sshd.ScanHostKey(ctx, net.JoinHostPort(inst.Address(), strconv.Itoa(f.SSHPort))); err != nil {
 		t.Errorf("no sshd at the instance's address: %v", err)
 	}
 
@@ -266,7 +212,7 @@ func TestInstanceLifecycle(t *testing.T) {
 func TestSSHKeys(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{})
-	c := newClient(t, f.url, testKey)
+	c := newClient(t, f.URL, testKey)
 	ctx := waitCtx(t)
 	line := authorizedKey(t, "job@test")
 
@@ -309,7 +255,7 @@ func TestSSHKeys(t *testing.T) {
 func TestLaunchAfterAmbiguousFailure(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{Faults: fakecloud.Faults{CreateFailsButCreates: true}})
-	c := newClient(t, f.url, testKey)
+	c := newClient(t, f.URL, testKey)
 	ctx := waitCtx(t)
 	key := addKey(t, ctx, c, "tr-ambiguous-key")
 
@@ -329,7 +275,7 @@ func TestLaunchAfterAmbiguousFailure(t *testing.T) {
 func TestLaunchWithoutCapacity(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{Faults: fakecloud.Faults{NoCapacity: true}})
-	c := newClient(t, f.url, testKey)
+	c := newClient(t, f.URL, testKey)
 	ctx := waitCtx(t)
 	key := addKey(t, ctx, c, "tr-nocap-key")
 
@@ -353,8 +299,8 @@ func TestAuthFailures(t *testing.T) {
 	f := startFake(t, fakecloud.Config{})
 	faulted := startFake(t, fakecloud.Config{Faults: fakecloud.Faults{Auth: true}})
 	for name, c := range map[string]*lambda.Client{
-		"wrong key":  newClient(t, f.url, "wrong-key"),
-		"auth fault": newClient(t, faulted.url, testKey),
+		"wrong key":  newClient(t, f.URL, "wrong-key"),
+		"auth fault": newClient(t, faulted.URL, testKey),
 	} {
 		ctx := waitCtx(t)
 		calls := map[string]func() error{
@@ -380,7 +326,7 @@ func TestAuthFailures(t *testing.T) {
 func TestRateLimitIsRetried(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{Faults: fakecloud.Faults{RateLimit: true}})
-	c := newClient(t, f.url, testKey)
+	c := newClient(t, f.URL, testKey)
 	ctx := waitCtx(t)
 
 	if _, err := c.InstanceTypes(ctx); err != nil {
@@ -410,7 +356,7 @@ func TestRateLimitIsRetried(t *testing.T) {
 func TestInstanceTypes(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{})
-	offers, err := newClient(t, f.url, testKey).InstanceTypes(waitCtx(t))
+	offers, err := newClient(t, f.URL, testKey).InstanceTypes(waitCtx(t))
 	if err != nil {
 		t.Fatalf("InstanceTypes: %v", err)
 	}
@@ -439,7 +385,7 @@ func TestInstanceTypes(t *testing.T) {
 func TestUserDataRefused(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{Faults: fakecloud.Faults{NoUserData: true}})
-	c := newClient(t, f.url, testKey)
+	c := newClient(t, f.URL, testKey)
 	ctx := waitCtx(t)
 	key := addKey(t, ctx, c, "tr-userdata-key")
 

@@ -16,11 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/understudy-ai/training-service/internal/testenv"
-
 	"golang.org/x/crypto/ssh"
 
 	"github.com/understudy-ai/training-service/internal/fakecloud"
+	"github.com/understudy-ai/training-service/internal/fakecloud/fakecloudtest"
 	"github.com/understudy-ai/training-service/provider/cloudapi"
 	"github.com/understudy-ai/training-service/provider/runpod"
 )
@@ -39,50 +38,17 @@ func newClient(apiURL, key string) *runpod.Client {
 	return runpod.New(runpod.Config{APIURL: apiURL, APIKey: key, Retry: fastRetry, PollInterval: 100 * time.Millisecond})
 }
 
-func requireSSHD(t *testing.T) {
-	testenv.RequireSSHD(t)
-}
-
-// safeDir returns a fresh directory that sshd's StrictModes accepts: the usual temp dir
-// sits under the world-writable /tmp, so it is made under the user's cache directory.
-func safeDir(t *testing.T) string {
-	return testenv.SSHDDir(t, "runpod-")
-}
-
 // fake is an in-process fake RunPod served over HTTP.
 type fake struct {
-	t    *testing.T
-	root string // the server's root, where /_fake/ lives
-	url  string // the client's APIURL
+	t *testing.T
+	*fakecloudtest.Fake
 }
 
-// startFake serves a fake RunPod with cfg's faults until the test ends, when every machine
-// it made is torn down.
+// startFake serves a fake RunPod with cfg's faults until the test ends.
 func startFake(t *testing.T, cfg fakecloud.Config) *fake {
 	t.Helper()
-	requireSSHD(t)
-	cfg.Provider, cfg.Dir, cfg.APIKey = fakecloud.RunPod, safeDir(t), testKey
-	if cfg.BootDelay == 0 {
-		cfg.BootDelay = 200 * time.Millisecond
-	}
-	var srv *fakecloud.Server
-	t.Cleanup(func() {
-		if srv == nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := srv.Close(ctx); err != nil {
-			t.Errorf("close fake: %v", err)
-		}
-	})
-	var err error
-	if srv, err = fakecloud.New(cfg); err != nil {
-		t.Fatalf("start fake: %v", err)
-	}
-	ts := httptest.NewServer(srv.Handler())
-	t.Cleanup(ts.Close)
-	return &fake{t: t, root: ts.URL, url: srv.BaseURL(ts.URL)}
+	cfg.Provider, cfg.APIKey = fakecloud.RunPod, testKey
+	return &fake{t: t, Fake: fakecloudtest.Start(t, cfg, nil)}
 }
 
 type fakeMachine struct {
@@ -95,17 +61,7 @@ type fakeMachine struct {
 	AuthorizedKeys []string `json:"authorized_keys"`
 }
 
-func (f *fake) get(path string, out any) {
-	f.t.Helper()
-	resp, err := http.Get(f.root + path)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		f.t.Fatalf("decode %s: %v", path, err)
-	}
-}
+func (f *fake) get(path string, out any) { f.Get(path, out) }
 
 // machines lists the machines the fake holds.
 func (f *fake) machines() []fakeMachine {
@@ -179,7 +135,7 @@ func deletePod(t *testing.T, c *runpod.Client, id string) {
 func TestPodLifecycle(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{})
-	c := newClient(f.url, testKey)
+	c := newClient(f.URL, testKey)
 	ctx := waitCtx(t)
 	req := podRequest("tr-life-1")
 	req.Env = map[string]string{"PUBLIC_KEY": authorizedKey(t)}
@@ -237,7 +193,7 @@ func TestPodLifecycle(t *testing.T) {
 func TestCreateAfterAmbiguousFailure(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{Faults: fakecloud.Faults{CreateFailsButCreates: true}})
-	c := newClient(f.url, testKey)
+	c := newClient(f.URL, testKey)
 	ctx := waitCtx(t)
 
 	pod, err := c.CreatePod(ctx, podRequest("tr-ambiguous-1"))
@@ -274,7 +230,7 @@ func TestCreateAfterAmbiguousFailure(t *testing.T) {
 func TestCreateWithoutCapacity(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{Faults: fakecloud.Faults{NoCapacity: true}})
-	c := newClient(f.url, testKey)
+	c := newClient(f.URL, testKey)
 	ctx := waitCtx(t)
 
 	if _, err := c.CreatePod(ctx, podRequest("tr-nocap-1")); cloudapi.ReasonOf(err) != cloudapi.ReasonNoCapacity {
@@ -301,8 +257,8 @@ func TestAuthFailures(t *testing.T) {
 	f := startFake(t, fakecloud.Config{})
 	faulted := startFake(t, fakecloud.Config{Faults: fakecloud.Faults{Auth: true}})
 	for name, c := range map[string]*runpod.Client{
-		"wrong key":  newClient(f.url, "wrong-key"),
-		"auth fault": newClient(faulted.url, testKey),
+		"wrong key":  newClient(f.URL, "wrong-key"),
+		"auth fault": newClient(faulted.URL, testKey),
 	} {
 		ctx := waitCtx(t)
 		calls := map[string]func() error{
@@ -334,7 +290,7 @@ func TestAuthFailures(t *testing.T) {
 func TestRateLimitIsRetried(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{Faults: fakecloud.Faults{RateLimit: true}})
-	c := newClient(f.url, testKey)
+	c := newClient(f.URL, testKey)
 	ctx := waitCtx(t)
 
 	if _, err := c.GPUType(ctx, rtx4090); err != nil {
@@ -366,7 +322,7 @@ func TestRateLimitIsRetried(t *testing.T) {
 func TestGPUCatalogue(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{})
-	c := newClient(f.url, testKey)
+	c := newClient(f.URL, testKey)
 	ctx := waitCtx(t)
 
 	g, err := c.GPUType(ctx, rtx4090)
@@ -395,7 +351,7 @@ func TestGPUCatalogue(t *testing.T) {
 func TestSpotPod(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, fakecloud.Config{})
-	c := newClient(f.url, testKey)
+	c := newClient(f.URL, testKey)
 	ctx := waitCtx(t)
 
 	price, err := c.SpotPrice(ctx, rtx4090, 2)
