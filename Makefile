@@ -15,13 +15,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './build/*' 2>/dev/null) go.mod go.sum
 RUNTIME_SOURCES := $(shell find trainer -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: stacks destroy-stack plugin binaries build deps pyenv tiny-model test test-go test-python demo bench bench-go bench-train clean lint
+.PHONY: stacks destroy-stack plugin binaries build deps pyenv tiny-model test test-go test-python demo bench bench-go bench-train clean lint emulators
 
-## deps: Debian packages the service and its tests use (OpenSSH server and clients, curl).
+## deps: Debian packages the service and its tests use (OpenSSH server and clients, curl;
+## Node.js and npm for the Azure Storage emulator).
 deps:
 	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v curl >/dev/null || ! command -v sftp >/dev/null; then \
 	  echo "installing openssh-server, openssh-client, curl"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssh-server openssh-client curl >/dev/null; \
+	fi
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "installing nodejs, npm"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; \
 	fi
 
 ## build: the service, the pinned Pulumi CLI and the in-repo provider plugin in bin/, and the
@@ -54,6 +59,11 @@ pyenv:
 
 PYTHON = $$($(CURDIR)/scripts/pyenv.sh)/bin/python
 
+## emulators: the S3, GCS and Azure Blob Storage emulators (moto, fake-gcs-server, Azurite)
+## that the storage tests run against, cached outside the clone.
+emulators: deps
+	@scripts/emulators.sh >/dev/null
+
 ## tiny-model: a tiny GPT-2-architecture model built locally at build/tiny-gpt2.
 tiny-model: pyenv
 	$(PYTHON) trainer/tools/make_tiny_model.py --data examples/sample-pairs.jsonl --out build/tiny-gpt2
@@ -62,12 +72,12 @@ build/tiny-gpt2/config.json: examples/sample-pairs.jsonl trainer/tools/make_tiny
 	@$(MAKE) --no-print-directory tiny-model
 
 ## test: every Go and Python test.
-test: deps build pyenv build/tiny-gpt2/config.json
+test: deps build pyenv emulators build/tiny-gpt2/config.json
 	$(MAKE) --no-print-directory test-go test-python
 
 test-go:
 	UNDERSTUDY_BIN=$(BIN) UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) UNDERSTUDY_TINY_MODEL=$(CURDIR)/build/tiny-gpt2 \
-	  UNDERSTUDY_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 30m ./...
+	  UNDERSTUDY_EMULATORS=$$($(CURDIR)/scripts/emulators.sh) UNDERSTUDY_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 30m ./...
 
 test-python:
 	$(PYTHON) -m pytest -q trainer/tests
@@ -94,18 +104,23 @@ plugin: binaries
 	@mkdir -p $(DATA_DIR) && chmod 700 $(DATA_DIR)
 	PULUMI_HOME=$(DATA_DIR)/pulumi-home PULUMI_SKIP_UPDATE_CHECK=true $(BIN)/pulumi plugin install resource understudy $(PROVIDER_VERSION) -f $(BIN)/pulumi-resource-understudy --reinstall
 
-# Operators: audit and destroy stacks against the data dir's backend with the pinned CLI.
-OPERATOR_ENV = PULUMI_HOME=$(DATA_DIR)/pulumi-home PULUMI_BACKEND_URL=file://$(DATA_DIR)/pulumi \
+# Operators: audit and destroy stacks with the pinned CLI against the backend the service
+# uses: PULUMI_BACKEND_URL when set (as `serve --backend-url` reads it: s3://…, gs://…,
+# azblob://… or Pulumi Cloud, credentials from the usual environment), else the data dir's
+# file backend.
+BACKEND_URL := $(if $(PULUMI_BACKEND_URL),$(PULUMI_BACKEND_URL),file://$(DATA_DIR)/pulumi)
+OPERATOR_ENV = PULUMI_HOME=$(DATA_DIR)/pulumi-home PULUMI_BACKEND_URL='$(BACKEND_URL)' \
 	PULUMI_CONFIG_PASSPHRASE_FILE=$(DATA_DIR)/pulumi-passphrase PULUMI_SKIP_UPDATE_CHECK=true
 
-## stacks: list every job's stack (pulumi stack ls) in DATA_DIR's backend.
+## stacks: list every job's stack (pulumi stack ls) in the service's backend.
 stacks: $(BIN)/pulumi
-	@mkdir -p $(DATA_DIR)/pulumi
+	@case '$(BACKEND_URL)' in file://*) mkdir -p '$(patsubst file://%,%,$(BACKEND_URL))';; esac
 	$(OPERATOR_ENV) $(BIN)/pulumi stack ls --all
 
-## destroy-stack STACK=<train_id>: destroy and remove one stuck stack. Stacks of cloud
-## providers need the provider's API key in the environment (RUNPOD_API_KEY, LAMBDA_API_KEY,
-## or the *_FILE variants).
+## destroy-stack STACK=<train_id>: destroy and remove one stuck stack in the service's
+## backend. Stacks of cloud providers need the provider's credentials in the environment
+## (RUNPOD_API_KEY, LAMBDA_API_KEY or their *_FILE variants; AWS_*, GOOGLE_*, ARM_* for the
+## AWS, GCP and Azure plugins, installed in DATA_DIR's PULUMI_HOME).
 destroy-stack: plugin
 	@[ -n "$(STACK)" ] || { echo "usage: make destroy-stack STACK=<train_id>"; exit 2; }
 	$(OPERATOR_ENV) $(BIN)/pulumi destroy --stack $(STACK) --yes --non-interactive

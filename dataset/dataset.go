@@ -16,9 +16,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/understudy-ai/training-service/job"
+	"github.com/understudy-ai/training-service/storage"
 )
 
 // Pair is one (prompt, response) training example.
@@ -164,9 +166,12 @@ func WritePairs(ctx context.Context, w io.Writer, pairs []json.RawMessage) (Resu
 	return Copy(ctx, w, &buf)
 }
 
-// OpenURI opens a dataset named by a storage URL. Only file:// URLs (and absolute paths)
-// are served here; object stores arrive with the cloud providers.
-func OpenURI(uri string) (io.ReadCloser, error) {
+// OpenURI opens a dataset named by a storage URL: file:///path (or an absolute path) on
+// this host, or an object in a bucket, s3://, gs:// or azblob://<bucket>/<key> with the
+// driver options of storage.Open in the query and credentials from the environment. A
+// missing file or object is reason ReasonNotFound; every other failure is a *job.Error
+// whose message names the URL without its query, never the data.
+func OpenURI(ctx context.Context, uri string) (io.ReadCloser, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return nil, &job.Error{Code: job.CodeInvalidArgument, Reason: ReasonInvalid, Message: "dataset_uri is not a valid URL"}
@@ -180,9 +185,11 @@ func OpenURI(uri string) (io.ReadCloser, error) {
 		path = u.Path
 	case u.Scheme == "" && filepath.IsAbs(uri):
 		path = uri
+	case u.Scheme != "" && slices.Contains(storage.Schemes, u.Scheme):
+		return openObject(ctx, uri)
 	default:
 		return nil, &job.Error{Code: job.CodeInvalidArgument, Reason: ReasonInvalid,
-			Message: fmt.Sprintf("dataset_uri scheme %q is not supported (use file://)", u.Scheme)}
+			Message: fmt.Sprintf("dataset_uri scheme %q is not supported (use file://, s3://, gs:// or azblob://)", u.Scheme)}
 	}
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -196,4 +203,28 @@ func OpenURI(uri string) (io.ReadCloser, error) {
 		return nil, &job.Error{Code: job.CodeInvalidArgument, Reason: ReasonInvalid, Message: "dataset_uri names a directory, not a file: " + path}
 	}
 	return f, nil
+}
+
+// openObject opens a dataset in a bucket and turns the storage layer's codes into the
+// dataset's reasons: a client can fix a missing object or denied access (422), not a store
+// that does not answer (503, retry).
+func openObject(ctx context.Context, uri string) (io.ReadCloser, error) {
+	r, err := storage.OpenObject(ctx, uri)
+	if err == nil {
+		return r, nil
+	}
+	name := storage.Redact(uri)
+	switch job.CodeOf(err) {
+	case job.CodeNotFound:
+		return nil, &job.Error{Code: job.CodeInvalidArgument, Reason: ReasonNotFound, Message: "dataset_uri: no such object: " + name, Err: err}
+	case job.CodeInvalidArgument:
+		return nil, &job.Error{Code: job.CodeInvalidArgument, Reason: ReasonInvalid, Message: "dataset_uri: " + job.MessageOf(err), Err: err}
+	case job.CodeFailedPrecondition:
+		return nil, &job.Error{Code: job.CodeInvalidArgument, Reason: ReasonInvalid,
+			Message: "dataset_uri: cannot read " + name + ": access denied to the service's credentials", Err: err}
+	case job.CodeCanceled:
+		return nil, err
+	default:
+		return nil, &job.Error{Code: job.CodeUnavailable, Message: "dataset_uri: the store of " + name + " does not answer; try again", Err: err}
+	}
 }

@@ -14,6 +14,12 @@ type ProgramConfig struct {
 	Local  programs.LocalConfig
 	RunPod programs.RunPodConfig
 	Lambda programs.LambdaConfig
+	AWS    programs.AWSConfig
+	GCP    programs.GCPConfig
+	Azure  programs.AzureConfig
+	// SSHIngressCIDRs are the address ranges the service connects from: the clouds'
+	// firewalls admit SSH from these only.
+	SSHIngressCIDRs []string
 	// NotConfigured maps a provider that cannot be used to what it lacks ("RUNPOD_API_KEY
 	// (or RUNPOD_API_KEY_FILE) is not set").
 	NotConfigured map[string]string
@@ -32,18 +38,22 @@ func NewStackProvisioner(mgr *stacks.Manager, cfg ProgramConfig) Provisioner {
 
 func (p *stackProvisioner) spec(req MachineRequest) programs.Spec {
 	return programs.Spec{
-		TrainID:        req.TrainID,
-		EndpointID:     req.EndpointID,
-		Version:        strconv.Itoa(req.Version),
-		Provider:       req.Provider,
-		AuthorizedKey:  req.AuthorizedKey,
-		HostPrivateKey: req.HostPrivateKey,
-		Machine:        programs.MachineOptions(req.Options),
-		LeaseSeconds:   req.LeaseSeconds,
-		Deadline:       req.Deadline,
-		Local:          p.cfg.Local,
-		RunPod:         p.cfg.RunPod,
-		Lambda:         p.cfg.Lambda,
+		TrainID:         req.TrainID,
+		EndpointID:      req.EndpointID,
+		Version:         strconv.Itoa(req.Version),
+		Provider:        req.Provider,
+		AuthorizedKey:   req.AuthorizedKey,
+		HostPrivateKey:  req.HostPrivateKey,
+		Machine:         programs.MachineOptions(req.Options),
+		LeaseSeconds:    req.LeaseSeconds,
+		Deadline:        req.Deadline,
+		Local:           p.cfg.Local,
+		RunPod:          p.cfg.RunPod,
+		Lambda:          p.cfg.Lambda,
+		AWS:             p.cfg.AWS,
+		GCP:             p.cfg.GCP,
+		Azure:           p.cfg.Azure,
+		SSHIngressCIDRs: p.cfg.SSHIngressCIDRs,
 	}
 }
 

@@ -210,6 +210,38 @@ func TestReconnectsAfterDroppedConnection(t *testing.T) {
 	}
 }
 
+func TestWaitsForABootingMachineToPresentThePinnedKey(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.conn.mismatchFirst = 2
+	h.drv.Start(context.Background())
+	h.submit("boot")
+	h.waitFor("boot", job.StatusCompleted)
+	events, _ := h.store.EventList(context.Background(), "boot")
+	found := false
+	for _, e := range events {
+		found = found || e.Type == "host_key_pending"
+	}
+	if !found {
+		t.Fatal("no host_key_pending event while the machine presented another key")
+	}
+}
+
+func TestHostKeyMismatchAfterTheFirstContactFailsAtOnce(t *testing.T) {
+	h := newHarness(t, Config{ConnectTimeout: time.Minute})
+	h.conn.dropOnce = true
+	h.conn.mismatchLater = true // the first connection succeeds; after the drop, another key
+	start := time.Now()
+	h.drv.Start(context.Background())
+	h.submit("swap")
+	j := h.waitFor("swap", job.StatusFailed)
+	if j.Error == nil || j.Error.Code != job.ReasonMachineLost || !strings.Contains(j.Error.Message, "host key") {
+		t.Fatalf("error = %+v, want machine_lost naming the host key", j.Error)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Fatalf("took %v: a mismatch after first contact must not be retried", d)
+	}
+}
+
 func TestRestartResumesTraining(t *testing.T) {
 	h := newHarness(t, Config{})
 	h.conn.hold = make(chan struct{})

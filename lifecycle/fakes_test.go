@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/understudy-ai/training-service/sshrunner"
+
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/store/sqlite"
 )
@@ -168,6 +170,11 @@ type fakeConnector struct {
 	// the first fail, as a machine that went away would.
 	dropForever bool
 	connects    int
+	// mismatchFirst makes that many first Connects fail as a machine presenting another
+	// host key would (a booting image before its boot data installed the pinned key).
+	mismatchFirst int
+	// mismatchLater makes every Connect after the first meet another host key.
+	mismatchLater bool
 }
 
 func (c *fakeConnector) Connect(ctx context.Context, m job.Machine, signer ssh.Signer) (Session, error) {
@@ -177,6 +184,9 @@ func (c *fakeConnector) Connect(ctx context.Context, m job.Machine, signer ssh.S
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.connects++
+	if c.connects <= c.mismatchFirst || (c.mismatchLater && c.connects > 1) {
+		return nil, job.Wrap(job.CodeFailedPrecondition, fmt.Errorf("%w: machine presented ssh-ed25519 SHA256:other", sshrunner.ErrHostKeyMismatch), "verify host key")
+	}
 	if c.dropForever && c.connects > 1 {
 		return nil, job.Errorf(job.CodeUnavailable, "connection refused")
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/progress"
+	"github.com/understudy-ai/training-service/sshrunner"
 	"github.com/understudy-ai/training-service/store"
 )
 
@@ -283,7 +284,9 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 		stop := d.keepLease(ctx, j, m, signer)
 		defer stop()
 	}
-	sess, err := d.connect(ctx, j, m, signer, connectTimeout, rs.nudge)
+	// Until the first upload the machine may still be booting: a cloud image's sshd can
+	// answer with keys of its own before the boot data installs the pinned one.
+	sess, err := d.connect(ctx, j, m, signer, connectTimeout, rs.nudge, j.Status == job.StatusUploading)
 	if err != nil {
 		return phaseErr(job.ReasonMachineLost, err, "reach the machine over SSH")
 	}
@@ -316,17 +319,29 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 // connect dials the machine until it answers, timeout passes, or the host key is wrong.
 // While the machine stays unreachable it asks the provider, every InspectAfter, whether the
 // machine still runs, and gives up at once when it does not.
-func (d *Driver) connect(ctx context.Context, j *job.Job, m job.Machine, signer ssh.Signer, timeout time.Duration, nudge <-chan struct{}) (Session, error) {
+//
+// booting says the machine may still be booting: a host key mismatch is then retried until
+// timeout (the other key is never accepted), because a cloud image's sshd can start with
+// keys of its own before the machine's boot data installs the pinned one. Otherwise a
+// mismatch ends the attempt at once.
+func (d *Driver) connect(ctx context.Context, j *job.Job, m job.Machine, signer ssh.Signer, timeout time.Duration, nudge <-chan struct{}, booting bool) (Session, error) {
 	started := time.Now()
 	deadline := started.Add(timeout)
 	nextInspect := started.Add(d.cfg.InspectAfter)
 	backoff := 250 * time.Millisecond
+	toldMismatch := false
 	for {
 		s, err := d.conn.Connect(ctx, m, signer)
 		if err == nil {
 			return s, nil
 		}
-		if ctx.Err() != nil || job.CodeOf(err) == job.CodeFailedPrecondition || time.Now().After(deadline) {
+		mismatch := errors.Is(err, sshrunner.ErrHostKeyMismatch)
+		if mismatch && booting && !toldMismatch {
+			toldMismatch = true
+			d.event(ctx, j.TrainID, "host_key_pending", j.Status,
+				"the machine presents another host key than the pinned one; waiting for its boot to install the pinned key (the other key is never trusted)", nil)
+		}
+		if ctx.Err() != nil || (job.CodeOf(err) == job.CodeFailedPrecondition && !(mismatch && booting)) || time.Now().After(deadline) {
 			return nil, err
 		}
 		if time.Now().After(nextInspect) {
@@ -472,7 +487,7 @@ func (d *Driver) follow(ctx context.Context, trainID string, m job.Machine, sign
 		d.log.Warn("lost the machine's connection; reconnecting", "train_id", trainID, "err", err)
 		d.event(ctx, trainID, "reconnecting", job.StatusTraining, "lost the SSH connection; reconnecting", nil)
 		(*sess).Close()
-		ns, cerr := d.connect(ctx, j, m, signer, d.cfg.ReconnectTimeout, rs.nudge)
+		ns, cerr := d.connect(ctx, j, m, signer, d.cfg.ReconnectTimeout, rs.nudge, false)
 		if cerr != nil {
 			return phaseErr(job.ReasonMachineLost, cerr, "reconnect to the machine")
 		}

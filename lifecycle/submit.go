@@ -69,7 +69,7 @@ func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, 
 	defer os.Remove(tmp.Name())
 	var res dataset.Result
 	if req.Spec.DatasetURI != "" {
-		r, err := dataset.OpenURI(req.Spec.DatasetURI)
+		r, err := dataset.OpenURI(ctx, req.Spec.DatasetURI)
 		if err != nil {
 			tmp.Close()
 			return nil, false, err

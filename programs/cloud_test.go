@@ -2,6 +2,7 @@ package programs_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,11 @@ var runPodHarness = programtest.Harness{
 		spec.LeaseSeconds = 900
 	},
 	NewResource: fakeRunPodPod,
+	NoFirewall:  "a RunPod pod exposes only its sshd's mapped port; RunPod has no firewall API",
+	Spot:        boolInput(programs.RunPodPodType, "spot"),
+	CloudNames:  map[string][]string{programs.RunPodPodType: {"name"}},
+	// The in-repo provider renders the pod's environment from this input.
+	BootData: inputOf(programs.RunPodPodType, "hostPrivateKey"),
 	Invalid: map[string]func(*programs.Spec){
 		"bad cloud":          func(s *programs.Spec) { s.RunPod.Cloud = "MOON" },
 		"relative work dir":  func(s *programs.Spec) { s.RunPod.WorkDir = "workspace" },
@@ -41,6 +47,11 @@ var lambdaHarness = programtest.Harness{
 		spec.LeaseSeconds = 900
 	},
 	NewResource: fakeLambda,
+	NoFirewall:  "Lambda Cloud's firewall is account-wide, not per instance; the program makes none",
+	NoSpot:      "Lambda Cloud has no spot instances; Validate refuses spot",
+	CloudNames:  map[string][]string{programs.LambdaSSHKeyType: {"name"}, programs.LambdaInstanceType: {"name"}},
+	// The in-repo provider renders the instance's cloud-init from this input.
+	BootData: inputOf(programs.LambdaInstanceType, "hostPrivateKey"),
 	Invalid: map[string]func(*programs.Spec){
 		"spot":               func(s *programs.Spec) { s.Machine.Spot = true },
 		"bad instance type":  func(s *programs.Spec) { s.Machine.GPUType = "NVIDIA H100" },
@@ -48,6 +59,36 @@ var lambdaHarness = programtest.Harness{
 		"port out of range":  func(s *programs.Spec) { s.Lambda.SSHPort = 70000 },
 		"long operator name": func(s *programs.Spec) { s.Lambda.OperatorKeyName = strings.Repeat("k", 65) },
 	},
+}
+
+// inputOf extracts the input key of the first registered resource of type typ.
+func inputOf(typ, key string) func([]pulumi.MockResourceArgs) (resource.PropertyValue, error) {
+	return func(regs []pulumi.MockResourceArgs) (resource.PropertyValue, error) {
+		for _, r := range regs {
+			if r.TypeToken == typ {
+				v, ok := r.Inputs[resource.PropertyKey(key)]
+				if !ok {
+					return resource.PropertyValue{}, fmt.Errorf("%s has no %s input", typ, key)
+				}
+				return v, nil
+			}
+		}
+		return resource.PropertyValue{}, fmt.Errorf("no %s registered", typ)
+	}
+}
+
+// boolInput extracts the bool input key of the first registered resource of type typ.
+func boolInput(typ, key string) func([]pulumi.MockResourceArgs) (bool, error) {
+	return func(regs []pulumi.MockResourceArgs) (bool, error) {
+		v, err := inputOf(typ, key)(regs)
+		if err != nil {
+			return false, err
+		}
+		if !v.IsBool() {
+			return false, fmt.Errorf("%s input %s is %s", typ, key, v.TypeString())
+		}
+		return v.BoolValue(), nil
+	}
 }
 
 func secretString(v resource.PropertyValue) (string, error) {
@@ -125,6 +166,7 @@ type recorder struct {
 	mu   sync.Mutex
 	regs []pulumi.MockResourceArgs
 	fake func(pulumi.MockResourceArgs) (string, resource.PropertyMap, error)
+	call func(pulumi.MockCallArgs) (resource.PropertyMap, error)
 }
 
 func (r *recorder) NewResource(a pulumi.MockResourceArgs) (string, resource.PropertyMap, error) {
@@ -134,8 +176,11 @@ func (r *recorder) NewResource(a pulumi.MockResourceArgs) (string, resource.Prop
 	return r.fake(a)
 }
 
-func (r *recorder) Call(pulumi.MockCallArgs) (resource.PropertyMap, error) {
-	return nil, errors.New("no calls")
+func (r *recorder) Call(a pulumi.MockCallArgs) (resource.PropertyMap, error) {
+	if r.call == nil {
+		return nil, errors.New("no calls")
+	}
+	return r.call(a)
 }
 
 func (r *recorder) inputs(t *testing.T, typ string) resource.PropertyMap {
@@ -160,7 +205,7 @@ func deploy(t *testing.T, h programtest.Harness, mutate func(*programs.Spec)) *r
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{fake: h.NewResource}
+	rec := &recorder{fake: h.NewResource, call: h.Call}
 	if err := pulumi.RunErr(prog.Func(spec), pulumi.WithMocks("understudy-training", spec.TrainID, rec)); err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,14 @@
 //
 // For returns the program of a provider by name; Names lists them. A provider's driver
 // registers itself with Register from its own file or package, so cloud programs drop in
-// without touching the callers. Only "local" exists today: a machine on this host reached
-// over real SSH, provisioned by the in-repo provider's understudy:index:LocalWorker.
+// without touching the callers. "local" (a machine on this host reached over real SSH),
+// "runpod" and "lambda" use the in-repo provider's resources; "aws", "gcp" and "azure" use
+// the clouds' official Pulumi SDKs, whose resource plugins must be installed at the
+// versions Program.Plugin names. Drivers may implement PluginDriver and InspectDriver.
+//
+// Cloud programs render the machine's boot data (host key, dead-man's switch) with
+// package provider/boot, name cloud resources with CloudName, and admit SSH only from
+// Spec.SSHIngressCIDRs.
 //
 // Programs are plain functions of a *pulumi.Context: the stacks package runs them inline
 // through the Automation API, and package programtest runs each of them under

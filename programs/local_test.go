@@ -22,7 +22,11 @@ var localHarness = programtest.Harness{
 	Configure: func(t *testing.T, spec *programs.Spec) {
 		spec.Local = programs.LocalConfig{BaseDir: "/srv/understudy/workers"}
 	},
-	NewResource: fakeLocalWorker,
+	NewResource:  fakeLocalWorker,
+	NoFirewall:   "the local worker's sshd listens on loopback only; there is no cloud firewall",
+	NoSpot:       "the local worker runs on the service's own host, which no cloud interrupts",
+	NoCloudNames: "the local worker is a directory on this host named by the train_id and a random suffix, not a cloud resource",
+	BootData:     inputOf(programs.LocalWorkerType, "hostPrivateKey"),
 	Invalid: map[string]func(*programs.Spec){
 		"relative BaseDir":  func(s *programs.Spec) { s.Local.BaseDir = "workers" },
 		"empty BaseDir":     func(s *programs.Spec) { s.Local.BaseDir = "" },

@@ -41,10 +41,17 @@ type Spec struct {
 	// max_duration_seconds); zero means none.
 	Deadline time.Time
 
-	// Local, RunPod and Lambda configure their programs.
+	// SSHIngressCIDRs are the address ranges the service connects from; programs that make a
+	// firewall admit SSH (tcp/22) from these only, and nothing else inbound.
+	SSHIngressCIDRs []string
+
+	// Local, RunPod, Lambda, AWS, GCP and Azure configure their programs.
 	Local  LocalConfig
 	RunPod RunPodConfig
 	Lambda LambdaConfig
+	AWS    AWSConfig
+	GCP    GCPConfig
+	Azure  AzureConfig
 }
 
 // MachineOptions are the machine choices a job's request may make. Each program refuses
@@ -213,7 +220,8 @@ func DecodeOutputs(values map[string]any) (Outputs, error) {
 // Driver is what one provider's program implements.
 type Driver interface {
 	// MachineType is the resource type token of the job's machine, whose state (its
-	// "running", "status" and "interruptible" properties) Inspect reads after a refresh.
+	// "running", "status" and "interruptible" properties, or what an InspectDriver reads)
+	// Inspect reads after a refresh.
 	MachineType() string
 	// Validate reports what in spec this provider cannot provision. Program.Validate has
 	// already checked the common fields. Errors need no code; Program adds InvalidArgument.
@@ -223,6 +231,22 @@ type Driver interface {
 	// keep Spec.HostPrivateKey secret, and must register resources of the in-repo provider
 	// with pulumi.Version(version.Version).
 	Deploy(ctx *pulumi.Context, spec Spec) (Exports, error)
+}
+
+// PluginDriver is implemented by drivers whose resources belong to a Pulumi resource
+// plugin other than the in-repo provider, which the engine must find installed.
+type PluginDriver interface {
+	// Plugin names the plugin ("aws") and the exact version the driver's SDK registers its
+	// resources with ("6.83.4").
+	Plugin() (name, version string)
+}
+
+// InspectDriver is implemented by drivers whose machine reports its state in its own
+// properties rather than the in-repo provider's "running", "interruptible" and "status".
+type InspectDriver interface {
+	// InspectMachine reads the state of the machine r, a refreshed resource of the driver's
+	// MachineType. It is only called for such a resource, and reports Exists true.
+	InspectMachine(r Resource) MachineState
 }
 
 // Program is the portable program of one provider.
@@ -412,11 +436,27 @@ type MachineState struct {
 // Preempted reports whether the cloud stopped a spot machine.
 func (s MachineState) Preempted() bool { return s.Exists && s.Interruptible && !s.Running }
 
+// Plugin names the Pulumi resource plugin the program's resources need and the version its
+// SDK asks for ("aws", "6.83.4"); ok is false for programs that use only the in-repo provider.
+func (p *Program) Plugin() (name, version string, ok bool) {
+	pd, ok := p.driver.(PluginDriver)
+	if !ok {
+		return "", "", false
+	}
+	name, version = pd.Plugin()
+	return name, version, true
+}
+
 // Inspect finds the program's machine among a refreshed stack's resources.
 func (p *Program) Inspect(resources []Resource) MachineState {
 	for _, r := range resources {
 		if r.Type != p.driver.MachineType() {
 			continue
+		}
+		if in, ok := p.driver.(InspectDriver); ok {
+			s := in.InspectMachine(r)
+			s.Exists = true
+			return s
 		}
 		s := MachineState{Exists: true, Running: true}
 		if v, ok := r.Outputs["running"].(bool); ok {

@@ -46,8 +46,60 @@ type Config struct {
 	// "<DataDir>/pulumi-passphrase". An operator's CLI uses the same file through
 	// PULUMI_CONFIG_PASSPHRASE_FILE.
 	PassphraseFile string
+	// Env is extra environment for the Pulumi CLI and the plugins it starts: cloud
+	// credentials the service resolved from files (AWS_SECRET_ACCESS_KEY, ARM_CLIENT_SECRET,
+	// …) and an object-store backend's own settings. The Pulumi settings the manager owns
+	// (PULUMI_HOME, PULUMI_BACKEND_URL, the passphrase, plugin acquisition) win over it.
+	// Values are never logged.
+	Env map[string]string
 	// Logger receives one record per stack operation; never key material. Default: discard.
 	Logger *slog.Logger
+}
+
+// Backend kinds, by the scheme of BackendURL.
+const (
+	BackendFile   = "file"   // file:///abs/path: a directory on this host (the default)
+	BackendS3     = "s3"     // s3://bucket?region=…&endpoint=…&use_path_style=true (gocloud.dev conventions)
+	BackendGCS    = "gs"     // gs://bucket
+	BackendAzure  = "azblob" // azblob://container
+	BackendPulumi = "https"  // https://api.pulumi.com (Pulumi Cloud; needs PULUMI_ACCESS_TOKEN)
+)
+
+// BackendKind returns the kind of a backend URL, or an error naming what is wrong with it.
+// Credentials never belong in the URL: they come from the environment (AWS_*, GOOGLE_*,
+// AZURE_STORAGE_*, PULUMI_ACCESS_TOKEN).
+func BackendKind(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme == "" {
+		return "", fmt.Errorf("%q: want a URL such as file:///var/lib/understudy/pulumi, s3://bucket, gs://bucket, azblob://container or https://api.pulumi.com", raw)
+	}
+	if u.User != nil {
+		return "", fmt.Errorf("%q: credentials do not belong in the URL; give them through the environment", redactURL(raw))
+	}
+	switch u.Scheme {
+	case BackendFile:
+		if !filepath.IsAbs(strings.TrimPrefix(raw, "file://")) || u.RawQuery != "" {
+			return "", fmt.Errorf("%q: a file:// backend needs an absolute path", raw)
+		}
+	case BackendS3, BackendGCS, BackendAzure:
+		if u.Host == "" {
+			return "", fmt.Errorf("%q: name the bucket (%s://<bucket>)", raw, u.Scheme)
+		}
+		for k := range u.Query() {
+			switch strings.ToLower(k) {
+			case "access_key_id", "secret_access_key", "session_token", "accesskey", "secretkey", "key", "sas_token", "credentials":
+				return "", fmt.Errorf("%q: parameter %q: credentials do not belong in the URL; give them through the environment", redactURL(raw), k)
+			}
+		}
+	case BackendPulumi, "http":
+		if u.Host == "" {
+			return "", fmt.Errorf("%q: name the Pulumi Cloud host", raw)
+		}
+		return BackendPulumi, nil
+	default:
+		return "", fmt.Errorf("%q: scheme %q is not a Pulumi backend (file, s3, gs, azblob or https)", raw, u.Scheme)
+	}
+	return u.Scheme, nil
 }
 
 // withDefaults returns cfg with every empty field set to its default.
@@ -106,12 +158,17 @@ func (cfg Config) Validate() error {
 	bad := func(format string, args ...any) error {
 		return job.Errorf(job.CodeInvalidArgument, "stacks config: "+format, args...)
 	}
-	u, err := url.Parse(cfg.BackendURL)
-	if err != nil || u.Scheme == "" {
-		return bad("BackendURL %q: want a URL such as file:///var/lib/understudy/pulumi", cfg.BackendURL)
+	kind, err := BackendKind(cfg.BackendURL)
+	if err != nil {
+		return bad("BackendURL %v", err)
 	}
-	if u.Scheme == "file" && !filepath.IsAbs(strings.TrimPrefix(cfg.BackendURL, "file://")) {
-		return bad("BackendURL %q: a file:// backend needs an absolute path", cfg.BackendURL)
+	if kind == BackendPulumi && cfg.Env["PULUMI_ACCESS_TOKEN"] == "" && os.Getenv("PULUMI_ACCESS_TOKEN") == "" {
+		return bad("BackendURL %q: Pulumi Cloud needs PULUMI_ACCESS_TOKEN (or PULUMI_ACCESS_TOKEN_FILE)", cfg.BackendURL)
+	}
+	for k := range cfg.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return bad("Env: bad variable name %q", k)
+		}
 	}
 	for field, p := range map[string]string{"PulumiBin": cfg.PulumiBin, "PluginBin": cfg.PluginBin} {
 		if p == "" {

@@ -94,23 +94,30 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, job.Wrap(job.CodeFailedPrecondition, err, "use the Pulumi CLI at %s", cfg.PulumiBin)
 	}
+	env := map[string]string{}
+	for k, v := range cfg.Env {
+		env[k] = v
+	}
+	for k, v := range map[string]string{
+		"PULUMI_HOME":        cfg.Home,
+		"PULUMI_BACKEND_URL": cfg.BackendURL,
+		// Always the resolved passphrase, so that neither a passphrase file nor a
+		// passphrase in the service's own environment can disagree with it.
+		"PULUMI_CONFIG_PASSPHRASE":      passphrase,
+		"PULUMI_CONFIG_PASSPHRASE_FILE": "",
+		"PULUMI_SKIP_UPDATE_CHECK":      "true",
+		// Offline by design: plugins come from PULUMI_HOME only, never a download and
+		// never a stray binary on PATH.
+		"PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+		"PULUMI_IGNORE_AMBIENT_PLUGINS":               "true",
+	} {
+		env[k] = v
+	}
 	m := &Manager{
 		cfg: cfg,
 		log: cfg.Logger,
 		cmd: cmd,
-		env: map[string]string{
-			"PULUMI_HOME":        cfg.Home,
-			"PULUMI_BACKEND_URL": cfg.BackendURL,
-			// Always the resolved passphrase, so that neither a passphrase file nor a
-			// passphrase in the service's own environment can disagree with it.
-			"PULUMI_CONFIG_PASSPHRASE":      passphrase,
-			"PULUMI_CONFIG_PASSPHRASE_FILE": "",
-			"PULUMI_SKIP_UPDATE_CHECK":      "true",
-			// Offline by design: plugins come from PULUMI_HOME only, never a download and
-			// never a stray binary on PATH.
-			"PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-			"PULUMI_IGNORE_AMBIENT_PLUGINS":               "true",
-		},
+		env: env,
 		project: workspace.Project{
 			Name:    Project,
 			Runtime: workspace.NewProjectRuntimeInfo("go", nil),

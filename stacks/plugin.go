@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/provider/version"
@@ -64,4 +66,51 @@ func fileSHA256(name string) ([]byte, error) {
 		return nil, err
 	}
 	return h.Sum(nil), nil
+}
+
+// PluginInstalled reports whether resource plugin name at version is installed in
+// PULUMI_HOME (a finished install: its directory exists and no partial marker is left).
+func (m *Manager) PluginInstalled(name, ver string) bool {
+	dir := filepath.Join(m.cfg.Home, "plugins", "resource-"+name+"-v"+strings.TrimPrefix(ver, "v"))
+	st, err := os.Stat(dir)
+	if err != nil || !st.IsDir() {
+		return false
+	}
+	_, err = os.Stat(dir + ".partial")
+	return err != nil
+}
+
+// InstallPlugin makes sure resource plugin name at version (the version its SDK in go.mod
+// asks for) is installed in PULUMI_HOME, downloading it from Pulumi's plugin registry when
+// it is missing. The engine itself never downloads one (automatic acquisition is off), so a
+// cloud program whose plugin could not be installed fails here, at start, naming it, rather
+// than in a job's provisioning. Offline machines install it beforehand with
+// `pulumi plugin install resource <name> <version> [-f <file>]` into the same PULUMI_HOME.
+func (m *Manager) InstallPlugin(ctx context.Context, name, ver string) error {
+	ver = strings.TrimPrefix(ver, "v")
+	if m.PluginInstalled(name, ver) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, m.cfg.PulumiBin, "plugin", "install", "resource", name, ver, "--non-interactive")
+	cmd.Env = os.Environ()
+	for k, v := range m.env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	out, err := cmd.CombinedOutput()
+	if err == nil && !m.PluginInstalled(name, ver) {
+		err = fmt.Errorf("the CLI reported success but %s is missing", filepath.Join(m.cfg.Home, "plugins", "resource-"+name+"-v"+ver))
+	}
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if len(msg) > 400 {
+			msg = msg[len(msg)-400:]
+		}
+		return job.Wrap(job.CodeFailedPrecondition, fmt.Errorf("%w: %s", err, msg),
+			"install Pulumi plugin %s v%s (offline: pulumi plugin install resource %s v%s -f <file>, with PULUMI_HOME=%s)",
+			name, ver, name, ver, m.cfg.Home)
+	}
+	m.log.Info("installed Pulumi plugin", "plugin", name, "plugin_version", ver)
+	return nil
 }

@@ -26,13 +26,17 @@ type providers struct {
 	// clients of the clouds that are configured, for `stacks gc`.
 	runpod *runpod.Client
 	lambda *lambda.Client
+	// engineEnv is the environment the Pulumi CLI and the cloud plugins get beyond the
+	// service's own: credentials read from *_FILE variables, Azure's ARM_* names.
+	engineEnv map[string]string
 }
 
 // loadProviders reads the providers' configuration. A provider without its API key is
 // "not configured" (a start for it is a 422 naming the variable); a malformed setting, or
 // a key file that group or others may read, is an error that stops the service.
 func loadProviders(getenv func(string) string) (*providers, error) {
-	p := &providers{status: map[string]string{}, programs: lifecycle.ProgramConfig{NotConfigured: map[string]string{}}}
+	p := &providers{status: map[string]string{}, programs: lifecycle.ProgramConfig{NotConfigured: map[string]string{}},
+		engineEnv: map[string]string{}}
 	var errs []error
 	bad := func(name, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{name}, args...)...))
@@ -105,6 +109,8 @@ func loadProviders(getenv func(string) string) (*providers, error) {
 		p.status["lambda"] = "ready"
 		p.lambda = lambda.New(lambda.Config{APIURL: lc.APIURL, APIKey: key})
 	}
+
+	errs = append(errs, loadClouds(getenv, p)...)
 
 	p.status["local"] = "ready"
 	for _, name := range []string{"runpod", "lambda"} {

@@ -19,6 +19,7 @@ import (
 	"github.com/understudy-ai/training-service/api"
 	"github.com/understudy-ai/training-service/lifecycle"
 	"github.com/understudy-ai/training-service/programs"
+	"github.com/understudy-ai/training-service/provider/cloudapi"
 	"github.com/understudy-ai/training-service/stacks"
 	"github.com/understudy-ai/training-service/storage"
 	"github.com/understudy-ai/training-service/store/sqlite"
@@ -83,8 +84,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.TokenFile, "token-file", os.Getenv("UNDERSTUDY_API_TOKEN_FILE"), "file holding the API token (default: $UNDERSTUDY_API_TOKEN, else <data-dir>/api-token, made if missing)")
 	fs.StringVar(&cfg.PublicURL, "public-url", os.Getenv("UNDERSTUDY_PUBLIC_URL"), "base URL at which training machines reach this service (default http://<listen>)")
 	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "jobs that may hold a machine at once")
-	fs.StringVar(&cfg.WeightsURL, "weights-url", os.Getenv("UNDERSTUDY_WEIGHTS_URL"), "weights store URL (default file://<data-dir>/weights)")
-	fs.StringVar(&cfg.BackendURL, "backend-url", os.Getenv("PULUMI_BACKEND_URL"), "Pulumi state backend (default file://<data-dir>/pulumi)")
+	fs.StringVar(&cfg.WeightsURL, "weights-url", os.Getenv("UNDERSTUDY_WEIGHTS_URL"), "weights store URL: file:///dir, s3://bucket?region=… (S3-compatible: &endpoint=http://host:port&use_path_style=true), gs://bucket or azblob://container; credentials from the environment (default file://<data-dir>/weights)")
+	fs.StringVar(&cfg.BackendURL, "backend-url", os.Getenv("PULUMI_BACKEND_URL"), "Pulumi state backend: file:///dir, s3://…, gs://…, azblob://… or https://api.pulumi.com (with PULUMI_ACCESS_TOKEN) (default file://<data-dir>/pulumi)")
 	fs.StringVar(&cfg.PulumiBin, "pulumi", os.Getenv("UNDERSTUDY_PULUMI"), "Pulumi CLI (default: pulumi next to this binary, else PATH)")
 	fs.StringVar(&cfg.PluginBin, "provider-plugin", os.Getenv("UNDERSTUDY_PROVIDER_PLUGIN"), "pulumi-resource-understudy (default: next to this binary)")
 	fs.StringVar(&cfg.LocalPython, "local-python", os.Getenv("UNDERSTUDY_LOCAL_PYTHON"), "Python interpreter for jobs on the local provider (default: bootstrap one)")
@@ -147,17 +148,24 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer weights.Close()
+	if tok, err := secret(envGetter, "PULUMI_ACCESS_TOKEN"); err == nil {
+		provs.engineEnv["PULUMI_ACCESS_TOKEN"] = tok
+	} else if !errors.Is(err, cloudapi.ErrNotSet) {
+		return err
+	}
 	mgr, err := stacks.Open(ctx, stacks.Config{
 		DataDir:    dataDir,
 		BackendURL: cfg.BackendURL,
 		PulumiBin:  cfg.PulumiBin,
 		PluginBin:  cfg.PluginBin,
 		Passphrase: os.Getenv("PULUMI_CONFIG_PASSPHRASE"),
+		Env:        provs.engineEnv,
 		Logger:     log,
 	})
 	if err != nil {
 		return err
 	}
+	provs.installPlugins(ctx, mgr, envGetter("UNDERSTUDY_INSTALL_PLUGINS") != "false", log)
 	runtime := trainer.FS()
 	if cfg.RuntimeDir != "" {
 		if st, err := os.Stat(filepath.Join(cfg.RuntimeDir, "launch.sh")); err != nil || st.IsDir() {

@@ -65,6 +65,9 @@ type Service struct {
 	// Args and Env are added to the serve command line and environment.
 	Args []string
 	Env  []string
+	// BackendURL is the Pulumi backend the service is started with (--backend-url) and
+	// PulumiStackLs reads; empty: the data dir's file backend.
+	BackendURL string
 
 	t      testing.TB
 	bin    string
@@ -139,6 +142,9 @@ func (s *Service) Start() {
 	}
 	s.log = &bytes.Buffer{}
 	args := append([]string{"serve", "--listen", s.Addr, "--data-dir", s.Data}, s.Args...)
+	if s.BackendURL != "" {
+		args = append(args, "--backend-url", s.BackendURL)
+	}
 	cmd := exec.Command(filepath.Join(s.bin, "understudy-train"), args...)
 	cmd.Env = append(append(os.Environ(), "UNDERSTUDY_API_TOKEN="+s.Token, "UNDERSTUDY_LOCAL_PYTHON="+s.python), s.Env...)
 	cmd.Stdout = s.log
@@ -320,8 +326,14 @@ func (s *Service) PulumiStackLs(ctx context.Context) string {
 	passphrase, _ := os.ReadFile(filepath.Join(s.Data, "pulumi-passphrase"))
 	cmd := exec.CommandContext(ctx, filepath.Join(s.bin, "pulumi"), "stack", "ls", "--all", "--json")
 	cmd.Dir = repoRoot()
-	cmd.Env = append(os.Environ(),
-		"PULUMI_BACKEND_URL=file://"+filepath.Join(s.Data, "pulumi"),
+	backend := s.BackendURL
+	if backend == "" {
+		backend = "file://" + filepath.Join(s.Data, "pulumi")
+	}
+	// The operator's environment: the service's own (an object store's credentials) and
+	// the backend.
+	cmd.Env = append(append(os.Environ(), s.Env...),
+		"PULUMI_BACKEND_URL="+backend,
 		"PULUMI_HOME="+filepath.Join(s.Data, "pulumi-home"),
 		"PULUMI_CONFIG_PASSPHRASE="+strings.TrimSpace(string(passphrase)),
 		"PULUMI_SKIP_UPDATE_CHECK=true")

@@ -6,13 +6,21 @@
 // and the suite checks the contract: the spec is validated with job.CodeInvalidArgument,
 // every output is present and typed, the host key is the public half of the spec's host
 // key, the job's tags reach every resource that takes labels, the host private key reaches
-// resources only as a secret and never an output, and in-repo resources carry the in-repo
-// provider's version.
+// resources only as a secret and never an output, the machine's boot data installs the
+// spec's host key, a firewall admits SSH from the configured ranges only and nothing else,
+// the spot choice reaches the machine, no two jobs share a cloud-side name (long train_ids
+// sharing their first 90 characters, "Job_A" and "job-a"), and every resource carries the
+// version of the plugin that serves it (the in-repo provider's, or the cloud SDK's).
+//
+// A check that does not apply to a program (no firewall of its own, no spot machines, no
+// cloud-side names) needs the harness to say why, in NoFirewall, NoSpot or NoCloudNames;
+// the suite logs the reason. There is no silent skip.
 package programtest
 
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -45,11 +53,60 @@ type Harness struct {
 	// an error.
 	Call func(args pulumi.MockCallArgs) (resource.PropertyMap, error)
 	// Untagged lists resource types that cannot carry labels; every other custom resource
-	// must receive the job's tags in its "tags" input.
+	// must receive the job's tags in its "tags" input, or the input LabelsInput names.
 	Untagged []string
+	// LabelsInput names, per resource type, the input that carries the job's labels where
+	// it is not "tags" (a GCP instance's "tags" are network tags; its labels are "labels").
+	LabelsInput map[string]string
+	// Labels is how the provider spells the job's tags as labels (GCP lowercases and
+	// shortens them); nil: as they are.
+	Labels func(tags map[string]string) map[string]string
 	// Invalid lists provider-specific mutations of a valid spec that Validate must refuse.
 	Invalid map[string]func(spec *programs.Spec)
+
+	// Ingress extracts the inbound rules that the program's firewall resources open. The
+	// suite checks that every allowing rule admits tcp/22 only, from Spec.SSHIngressCIDRs
+	// only, and that every configured range is admitted. Nil requires NoFirewall.
+	Ingress func(regs []pulumi.MockResourceArgs) ([]IngressRule, error)
+	// NoFirewall says why the program makes no firewall of its own.
+	NoFirewall string
+
+	// Spot reports whether the registered machine is an interruptible (spot) one. The
+	// suite deploys with Machine.Spot true and false. Nil requires NoSpot.
+	Spot func(regs []pulumi.MockResourceArgs) (bool, error)
+	// NoSpot says why the program has no spot machines.
+	NoSpot string
+
+	// CloudNames maps every resource type that carries a name at the cloud to the input
+	// paths that hold it ("name", "tags.Name", "osProfile.computerName"). The suite checks
+	// that every such resource has its names and that two jobs never share one. Nil
+	// requires NoCloudNames.
+	CloudNames map[string][]string
+	// NoCloudNames says why the program's resources carry no cloud-side names.
+	NoCloudNames string
+
+	// BootData extracts the value that reaches the machine at boot and installs its host
+	// key: user data, a startup script, custom data, a pod's or worker's host key input.
+	// The suite checks that it is secret and carries the spec's host private key (as PEM or
+	// base64 of it). Required.
+	BootData func(regs []pulumi.MockResourceArgs) (resource.PropertyValue, error)
+	// DecodeBootData turns the boot data into text (Azure's custom data is base64); nil:
+	// it is text.
+	DecodeBootData func(string) (string, error)
 }
+
+// IngressRule is one inbound rule of a program's firewall.
+type IngressRule struct {
+	Resource string   // the resource that holds it, for messages
+	Allow    bool     // false for a deny rule
+	Protocol string   // "tcp", "udp", "icmp", "all"
+	FromPort int      // first port; 0 with ToPort 65535 for all
+	ToPort   int      // last port
+	Sources  []string // address ranges the rule applies to
+}
+
+// IngressCIDRs are the ranges the suite's base spec admits SSH from.
+var IngressCIDRs = []string{"198.51.100.7/32"}
 
 // Keys is key material of one test job, generated as the service generates it.
 type Keys struct {
@@ -103,6 +160,8 @@ func (h Harness) BaseSpec(t *testing.T, k Keys) programs.Spec {
 		AuthorizedKey:  k.AuthorizedKey,
 		HostPrivateKey: k.HostPrivateKey,
 		Tags:           map[string]string{"team": "research", "cost_center": "cc-7"},
+
+		SSHIngressCIDRs: append([]string(nil), IngressCIDRs...),
 	}
 	if h.Configure != nil {
 		h.Configure(t, &spec)
@@ -113,8 +172,17 @@ func (h Harness) BaseSpec(t *testing.T, k Keys) programs.Spec {
 // Run runs the conformance suite against h's program.
 func Run(t *testing.T, h Harness) {
 	t.Helper()
-	if h.NewResource == nil {
-		t.Fatal("programtest: Harness.NewResource is required")
+	if h.NewResource == nil || h.BootData == nil {
+		t.Fatal("programtest: Harness.NewResource and Harness.BootData are required")
+	}
+	for field, ok := range map[string]bool{
+		"Ingress or NoFirewall":      (h.Ingress == nil) != (h.NoFirewall == ""),
+		"Spot or NoSpot":             (h.Spot == nil) != (h.NoSpot == ""),
+		"CloudNames or NoCloudNames": (h.CloudNames == nil) != (h.NoCloudNames == ""),
+	} {
+		if !ok {
+			t.Fatalf("programtest: Harness needs exactly one of %s", field)
+		}
 	}
 	prog, err := programs.For(h.Provider)
 	if err != nil {
@@ -154,6 +222,9 @@ func Run(t *testing.T, h Harness) {
 			t.Errorf("reported host key %q, want the public half of the spec's host key", o.HostKey)
 		}
 	})
+	t.Run("SSHIngress", func(t *testing.T) { testIngress(t, h, prog) })
+	t.Run("Spot", func(t *testing.T) { testSpot(t, h, prog) })
+	t.Run("UniqueNames", func(t *testing.T) { testNames(t, h, prog) })
 	t.Run("InvalidSpecRegistersNothing", func(t *testing.T) {
 		k := NewKeys(t)
 		spec := h.BaseSpec(t, k)
@@ -189,6 +260,11 @@ func testValidate(t *testing.T, h Harness, prog *programs.Program) {
 		"HostPrivateKey public":  func(s *programs.Spec) { s.HostPrivateKey = k.HostPublicKey },
 		"HostPrivateKey empty":   func(s *programs.Spec) { s.HostPrivateKey = "" },
 		"empty tag key":          func(s *programs.Spec) { s.Tags = map[string]string{"": "x"} },
+	}
+	if h.Ingress != nil {
+		invalid["no SSHIngressCIDRs"] = func(s *programs.Spec) { s.SSHIngressCIDRs = nil }
+		invalid["SSHIngressCIDRs not a CIDR"] = func(s *programs.Spec) { s.SSHIngressCIDRs = []string{"198.51.100.7"} }
+		invalid["SSHIngressCIDRs garbage"] = func(s *programs.Spec) { s.SSHIngressCIDRs = []string{"10.0.0.0/8", "anywhere"} }
 	}
 	for name, mutate := range h.Invalid {
 		invalid[name] = mutate
@@ -315,30 +391,33 @@ func testDeploy(t *testing.T, h Harness, prog *programs.Program) {
 	})
 	regs := m.registered()
 	t.Run("SecretInputs", func(t *testing.T) {
-		seen := false
+		// Where the key reaches the machine is BootDataInstallsHostKey's to check; here
+		// every place it appears in must be secret.
 		for _, r := range regs {
 			for key, v := range r.Inputs {
-				leaks, found := plainOccurrence(v, k.HostPrivateKey)
-				if leaks {
+				if leaks, _ := plainOccurrence(v, k.HostPrivateKey); leaks {
 					t.Errorf("%s %s: input %s holds the host private key outside a secret", r.TypeToken, r.Name, key)
 				}
-				seen = seen || found
 			}
-		}
-		if !seen {
-			t.Error("no resource received the host private key: the machine could not present the pinned host key")
 		}
 	})
 	t.Run("Tags", func(t *testing.T) {
 		want := programs.Tags(spec)
+		if h.Labels != nil {
+			want = h.Labels(want)
+		}
 		tagged := 0
 		for _, r := range regs {
 			if !r.Custom || strings.HasPrefix(r.TypeToken, "pulumi:providers:") || contains(h.Untagged, r.TypeToken) {
 				continue
 			}
-			tags, ok := r.Inputs["tags"]
+			input := "tags"
+			if in, ok := h.LabelsInput[r.TypeToken]; ok {
+				input = in
+			}
+			tags, ok := r.Inputs[resource.PropertyKey(input)]
 			if !ok || !tags.IsObject() {
-				t.Errorf("%s %s: no tags input", r.TypeToken, r.Name)
+				t.Errorf("%s %s: no %s input", r.TypeToken, r.Name, input)
 				continue
 			}
 			obj := tags.ObjectValue()
@@ -352,6 +431,51 @@ func testDeploy(t *testing.T, h Harness, prog *programs.Program) {
 		}
 		if tagged == 0 {
 			t.Error("no resource carries the job's tags")
+		}
+	})
+	t.Run("BootDataInstallsHostKey", func(t *testing.T) {
+		v, err := h.BootData(regs)
+		if err != nil {
+			t.Fatalf("extract boot data: %v", err)
+		}
+		text, secret, ok := StringValue(v)
+		if !ok {
+			t.Fatalf("boot data is %v, want a known string", v.TypeString())
+		}
+		if !secret {
+			t.Error("boot data is not a secret, yet it holds the host private key")
+		}
+		if h.DecodeBootData != nil {
+			if text, err = h.DecodeBootData(text); err != nil {
+				t.Fatalf("decode boot data: %v", err)
+			}
+		}
+		if !carriesKey(text, k.HostPrivateKey) {
+			t.Error("boot data does not carry the spec's host private key: the machine could not present the pinned key")
+		}
+	})
+	t.Run("PluginVersion", func(t *testing.T) {
+		name, ver, ok := prog.Plugin()
+		if !ok {
+			t.Logf("%s uses only the in-repo provider (checked by InRepoProviderVersion)", h.Provider)
+			return
+		}
+		n := 0
+		for _, r := range regs {
+			if !strings.HasPrefix(r.TypeToken, name+":") && r.TypeToken != "pulumi:providers:"+name {
+				continue
+			}
+			n++
+			if r.RegisterRPC == nil {
+				t.Fatalf("%s: the mock monitor gave no register request", r.TypeToken)
+			}
+			if v := r.RegisterRPC.GetVersion(); v != ver {
+				t.Errorf("%s %s registered with version %q, want %q: the engine would ask for a plugin that is not installed",
+					r.TypeToken, r.Name, v, ver)
+			}
+		}
+		if n == 0 {
+			t.Errorf("no resource of plugin %s registered", name)
 		}
 	})
 	t.Run("InRepoProviderVersion", func(t *testing.T) {
@@ -370,10 +494,180 @@ func testDeploy(t *testing.T, h Harness, prog *programs.Program) {
 	})
 }
 
-// plainOccurrence reports whether secret appears in v outside a secret value (leaks), and
-// whether it appears at all (found).
+// deployRegs runs h's program for spec under mocks and returns what it registered.
+func deployRegs(t *testing.T, h Harness, prog *programs.Program, spec programs.Spec) []pulumi.MockResourceArgs {
+	t.Helper()
+	m := newMonitor(h)
+	if err := pulumi.RunErr(prog.Func(spec), pulumi.WithMocks("understudy-training", spec.TrainID, m)); err != nil {
+		t.Fatalf("run program for %s: %v", spec.TrainID, err)
+	}
+	return m.registered()
+}
+
+func testIngress(t *testing.T, h Harness, prog *programs.Program) {
+	if h.Ingress == nil {
+		t.Logf("not applicable to %s: %s", h.Provider, h.NoFirewall)
+		return
+	}
+	spec := h.BaseSpec(t, NewKeys(t))
+	spec.SSHIngressCIDRs = []string{"198.51.100.7/32", "203.0.113.0/24"}
+	rules, err := h.Ingress(deployRegs(t, h, prog, spec))
+	if err != nil {
+		t.Fatalf("extract ingress rules: %v", err)
+	}
+	admitted := map[string]bool{}
+	for _, r := range rules {
+		if !r.Allow {
+			continue
+		}
+		if r.Protocol != "tcp" || r.FromPort != 22 || r.ToPort != 22 {
+			t.Errorf("%s admits %s ports %d-%d; want tcp/22 only", r.Resource, r.Protocol, r.FromPort, r.ToPort)
+		}
+		if len(r.Sources) == 0 {
+			t.Errorf("%s admits from no stated range (anywhere?)", r.Resource)
+		}
+		for _, src := range r.Sources {
+			if !contains(spec.SSHIngressCIDRs, src) {
+				t.Errorf("%s admits %s, which is not among SSHIngressCIDRs %v", r.Resource, src, spec.SSHIngressCIDRs)
+			}
+			admitted[src] = true
+		}
+	}
+	for _, c := range spec.SSHIngressCIDRs {
+		if !admitted[c] {
+			t.Errorf("no rule admits SSH from %s: the service could not connect", c)
+		}
+	}
+}
+
+func testSpot(t *testing.T, h Harness, prog *programs.Program) {
+	if h.Spot == nil {
+		t.Logf("not applicable to %s: %s", h.Provider, h.NoSpot)
+		return
+	}
+	for _, want := range []bool{false, true} {
+		spec := h.BaseSpec(t, NewKeys(t))
+		spec.Machine.Spot = want
+		got, err := h.Spot(deployRegs(t, h, prog, spec))
+		if err != nil {
+			t.Fatalf("spot %v: extract: %v", want, err)
+		}
+		if got != want {
+			t.Errorf("Machine.Spot %v: the registered machine is spot: %v", want, got)
+		}
+	}
+}
+
+func testNames(t *testing.T, h Harness, prog *programs.Program) {
+	if h.CloudNames == nil {
+		t.Logf("not applicable to %s: %s", h.Provider, h.NoCloudNames)
+		return
+	}
+	if _, ok := h.CloudNames[prog.MachineType()]; !ok {
+		t.Errorf("CloudNames lacks the machine type %s", prog.MachineType())
+	}
+	common := "tr-" + strings.Repeat("0123456789", 8) + "abcdefg" // 90 characters
+	for _, pair := range [][2]string{{common + "-first-job", common + "-other-job"}, {"Job_A", "job-a"}} {
+		var sets [2]map[string]string
+		for i, id := range pair {
+			spec := h.BaseSpec(t, NewKeys(t))
+			spec.TrainID = id
+			sets[i] = map[string]string{}
+			for _, r := range deployRegs(t, h, prog, spec) {
+				paths, ok := h.CloudNames[r.TypeToken]
+				if !ok {
+					continue
+				}
+				for _, p := range paths {
+					name, ok := lookupPath(r.Inputs, p)
+					if !ok || name == "" {
+						t.Errorf("%s: %s %s has no name at %s", id, r.TypeToken, r.Name, p)
+						continue
+					}
+					sets[i][name] = r.TypeToken + " " + r.Name
+				}
+			}
+			if len(sets[i]) == 0 {
+				t.Errorf("%s: no resource carries a cloud-side name", id)
+			}
+		}
+		for name, res := range sets[0] {
+			if other, dup := sets[1][name]; dup {
+				t.Errorf("jobs %q and %q share the name %q (%s, %s)", pair[0], pair[1], name, res, other)
+			}
+		}
+	}
+}
+
+// lookupPath reads the string at a dotted path of inputs ("osProfile.computerName").
+func lookupPath(m resource.PropertyMap, path string) (string, bool) {
+	key, rest, nested := strings.Cut(path, ".")
+	v, ok := m[resource.PropertyKey(key)]
+	if !ok {
+		return "", false
+	}
+	if v.IsSecret() {
+		v = v.SecretValue().Element
+	}
+	if nested {
+		if !v.IsObject() {
+			return "", false
+		}
+		return lookupPath(v.ObjectValue(), rest)
+	}
+	s, _, ok := StringValue(v)
+	return s, ok
+}
+
+// StringValue unwraps a known string from a property value, reporting whether it was
+// secret (a secret, or a secret output).
+func StringValue(v resource.PropertyValue) (s string, secret, ok bool) {
+	for {
+		switch {
+		case v.IsSecret():
+			secret = true
+			v = v.SecretValue().Element
+		case v.IsOutput():
+			o := v.OutputValue()
+			if !o.Known {
+				return "", secret, false
+			}
+			secret = secret || o.Secret
+			v = o.Element
+		case v.IsString():
+			return v.StringValue(), secret, true
+		default:
+			return "", secret, false
+		}
+	}
+}
+
+// carriesKey reports whether text carries the PEM private key: as it is, base64-encoded,
+// or line by line (a YAML block, indented).
+func carriesKey(text, privatePEM string) bool {
+	priv := strings.TrimSpace(privatePEM)
+	if priv == "" {
+		return false
+	}
+	if strings.Contains(text, priv) ||
+		strings.Contains(text, base64.StdEncoding.EncodeToString([]byte(priv+"\n"))) ||
+		strings.Contains(text, base64.StdEncoding.EncodeToString([]byte(priv))) {
+		return true
+	}
+	rest := text
+	for _, line := range strings.Split(priv, "\n") {
+		i := strings.Index(rest, strings.TrimSpace(line))
+		if i < 0 {
+			return false
+		}
+		rest = rest[i+len(strings.TrimSpace(line)):]
+	}
+	return true
+}
+
+// plainOccurrence reports whether secret (a PEM key, in any form carriesKey knows) appears
+// in v outside a secret value (leaks), and whether it appears at all (found).
 func plainOccurrence(v resource.PropertyValue, secret string) (leaks, found bool) {
-	secret = strings.TrimSpace(secret)
 	var walk func(v resource.PropertyValue, inSecret bool)
 	walk = func(v resource.PropertyValue, inSecret bool) {
 		switch {
@@ -382,7 +676,7 @@ func plainOccurrence(v resource.PropertyValue, secret string) (leaks, found bool
 		case v.IsOutput():
 			walk(v.OutputValue().Element, inSecret || v.OutputValue().Secret)
 		case v.IsString():
-			if secret != "" && strings.Contains(v.StringValue(), secret) {
+			if carriesKey(v.StringValue(), secret) {
 				found = true
 				leaks = leaks || !inSecret
 			}

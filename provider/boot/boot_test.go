@@ -266,3 +266,141 @@ func TestLambdaUserData(t *testing.T) {
 		t.Errorf("runcmd = %v", cc.RunCmd)
 	}
 }
+
+func TestCloudInitIsLambdaUserData(t *testing.T) {
+	t.Parallel()
+	priv, _ := hostKey(t)
+	m := Machine{HostPrivateKey: priv, AuthorizedKeys: []string{"ssh-ed25519 AAAA job"},
+		Lease: Lease{File: "/home/ubuntu/understudy/tr-1/lease", Seconds: 900, Deadline: 1700000000}}
+	ci, err := CloudInit(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ud, err := LambdaUserData(m)
+	if err != nil || ud != ci {
+		t.Errorf("LambdaUserData differs from CloudInit (%v)", err)
+	}
+	var cc map[string]any
+	if err := yaml.Unmarshal([]byte(ci), &cc); err != nil {
+		t.Fatal(err)
+	}
+	if cc["ssh_deletekeys"] != true {
+		t.Error("ssh_deletekeys is not true: the image's own host keys would stay")
+	}
+	if _, err := CloudInit(Machine{HostPrivateKey: "not a key"}); err == nil || strings.Contains(err.Error(), "not a key") {
+		t.Errorf("CloudInit of a bad key: %v", err)
+	}
+	// Without a host key the image keeps its own.
+	ci, err = CloudInit(Machine{Lease: Lease{File: "/w/lease"}})
+	if err != nil || strings.Contains(ci, "ssh_keys") {
+		t.Errorf("CloudInit without a host key: %v\n%s", err, ci)
+	}
+}
+
+// runStartupScript runs script with its absolute paths moved under a fresh root and the
+// system commands it calls replaced by stubs that log their arguments; it returns the root
+// and the log.
+func runStartupScript(t *testing.T, script string, root string) string {
+	t.Helper()
+	bin := filepath.Join(root, "bin")
+	log := filepath.Join(root, "commands.log")
+	for _, dir := range []string{bin, filepath.Join(root, "usr/local/sbin"), filepath.Join(root, "etc/ssh/sshd_config.d")} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"systemctl", "systemd-run", "chown"} {
+		stub := "#!/bin/sh\necho " + name + " \"$@\" >>" + log + "\n"
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(stub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	moved := strings.NewReplacer("/etc/", root+"/etc/", "/usr/local/sbin/", root+"/usr/local/sbin/").Replace(script)
+	cmd := exec.Command("bash", "-c", moved)
+	cmd.Env = []string{"PATH=" + bin + ":" + os.Getenv("PATH")}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("startup script: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(log)
+	return string(b)
+}
+
+func TestStartupScript(t *testing.T) {
+	t.Parallel()
+	priv, pub := hostKey(t)
+	script, err := StartupScript(Machine{HostPrivateKey: priv,
+		Lease: Lease{File: "/home/understudy/understudy/tr-1/lease", Seconds: 600, Deadline: 1700000000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(script, "#!/bin/bash\n") {
+		t.Errorf("script does not start with a bash shebang")
+	}
+	cmd := exec.Command("bash", "-n")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("bash -n: %v\n%s", err, out)
+	}
+	if strings.Contains(script, "PRIVATE KEY") {
+		t.Error("the script carries the key as PEM text; want base64, which no quoting can break")
+	}
+
+	root := t.TempDir()
+	var log string
+	for i := 0; i < 2; i++ { // a reboot runs it again
+		log = runStartupScript(t, script, root)
+	}
+	key := filepath.Join(root, "etc/ssh/ssh_host_ed25519_key")
+	for path, want := range map[string]struct {
+		content string
+		mode    os.FileMode
+	}{
+		key:                                {strings.TrimSpace(priv) + "\n", 0o600},
+		key + ".pub":                       {pub + "\n", 0o644},
+		filepath.Join(root, LeaseEnvPath):  {"UNDERSTUDY_LEASE_FILE=/home/understudy/understudy/tr-1/lease\nUNDERSTUDY_LEASE_SECONDS=600\nUNDERSTUDY_DEADLINE=1700000000\n", 0o600},
+		filepath.Join(root, WatchdogPath):  {Watchdog(), 0o700},
+		filepath.Join(root, HostKeyDropIn): {"HostKey " + key + "\n", 0o644},
+	} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Errorf("%s: %v", path, err)
+			continue
+		}
+		if string(b) != want.content {
+			t.Errorf("%s = %q, want %q", path, b, want.content)
+		}
+		if fi, _ := os.Stat(path); fi.Mode().Perm() != want.mode {
+			t.Errorf("%s mode %v, want %v", path, fi.Mode().Perm(), want.mode)
+		}
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(root, "etc/ssh/.understudy-hostkey.*"))
+	if len(leftovers) > 0 {
+		t.Errorf("temporary key files left: %v", leftovers)
+	}
+	// Each run: the key is in place before sshd restarts, then the watchdog starts.
+	runs := strings.Split(strings.TrimSpace(log), "\n")
+	var restart, watchdogStart int
+	for i, l := range runs {
+		if strings.HasPrefix(l, "systemctl restart ssh") && restart == 0 {
+			restart = i + 1
+		}
+		if strings.HasPrefix(l, "systemd-run --unit=understudy-watchdog") {
+			watchdogStart = i + 1
+			if !strings.HasSuffix(l, "understudy-watchdog poweroff") || !strings.Contains(l, "EnvironmentFile="+root+LeaseEnvPath) {
+				t.Errorf("watchdog started as %q", l)
+			}
+		}
+	}
+	if restart == 0 || watchdogStart == 0 || restart > watchdogStart {
+		t.Errorf("commands run:\n%s\nwant sshd restarted, then the watchdog started", log)
+	}
+
+	// Without a host key the script leaves sshd alone.
+	script, err = StartupScript(Machine{Lease: Lease{File: "/w/lease"}})
+	if err != nil || strings.Contains(script, "ssh_host") || strings.Contains(script, "restart ssh") {
+		t.Errorf("script without a host key touches sshd (%v):\n%s", err, script)
+	}
+	if _, err := StartupScript(Machine{HostPrivateKey: "junk"}); err == nil {
+		t.Error("StartupScript accepted a junk host key")
+	}
+}

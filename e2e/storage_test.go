@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/understudy-ai/training-service/internal/emulators"
+	"github.com/understudy-ai/training-service/internal/servicetest"
+	"github.com/understudy-ai/training-service/storage"
+)
+
+// With an S3-compatible store (the moto emulator) as the weights store, the dataset's home
+// and the Pulumi state backend, a local job runs end to end: the operator's `pulumi stack ls`
+// against the bucket shows the job's stack while it runs and not after, and the weights in
+// the bucket match their manifest.
+func TestObjectStoreForWeightsDatasetAndState(t *testing.T) {
+	bin, python, model := servicetest.Prerequisites(t)
+	s3 := emulators.StartS3(t)
+	s3.Setenv(t) // this process writes the dataset and reads the weights back
+	weightsBucket, stateBucket, dataBucket := s3.NewBucket(t), s3.NewBucket(t), s3.NewBucket(t)
+
+	ctx := context.Background()
+	data, err := storage.Open(ctx, s3.BucketURL(dataBucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer data.Close()
+	raw, err := os.ReadFile(servicetest.WritePairs(t, 48))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := data.WriteAll(ctx, "sets/pairs.jsonl", raw, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	s := servicetest.New(t, bin, python)
+	s.Env = append(s.Env, s3.Env()...)
+	s.Args = append(s.Args, "--weights-url", s3.BucketURL(weightsBucket))
+	s.BackendURL = s3.BucketURL(stateBucket)
+	s.Start()
+
+	const id = "e2e-s3"
+	body := startBody(id, model, "", 48, map[string]any{"epochs": 6, "max_seq_len": 64, "batch_size": 4})
+	body["dataset_uri"] = s3.ObjectURL(dataBucket, "sets/pairs.jsonl")
+	var out map[string]any
+	if code := s.Request("POST", "/api/v1/training/start", body, &out); code != 202 {
+		t.Fatalf("start: %d %v", code, out)
+	}
+	s.WaitFor(id, 5*time.Minute, "training", func(j servicetest.Job) bool { return j.Status == "training" || terminal(j) })
+	lsCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	ls := s.PulumiStackLs(lsCtx)
+	cancel()
+	if !strings.Contains(ls, `"`+id+`"`) {
+		t.Errorf("pulumi stack ls against the bucket does not show the running job's stack:\n%s", ls)
+	}
+
+	j := s.WaitFor(id, 5*time.Minute, "a terminal status", terminal)
+	if j.Status != "completed" {
+		t.Fatalf("job ended %s: %+v", j.Status, j.Error)
+	}
+	prefix := "ep-e2e/v1/" + id + "/"
+	if want := "s3://" + weightsBucket + "/" + prefix; j.WeightsURI != want {
+		t.Fatalf("weights_uri = %q, want %q", j.WeightsURI, want)
+	}
+	weights, err := storage.Open(ctx, s3.BucketURL(weightsBucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer weights.Close()
+	sawWeights := false
+	for _, f := range j.Manifest.Files {
+		obj, err := weights.ReadAll(ctx, prefix+f.Path)
+		if err != nil {
+			t.Fatalf("%s: %v", f.Path, err)
+		}
+		sum := sha256.Sum256(obj)
+		if hex.EncodeToString(sum[:]) != f.SHA256 || int64(len(obj)) != f.Size {
+			t.Errorf("%s in the bucket does not match its manifest entry", f.Path)
+		}
+		sawWeights = sawWeights || strings.HasSuffix(f.Path, ".safetensors")
+	}
+	if !sawWeights {
+		t.Fatalf("no weights in the manifest: %+v", j.Manifest.Files)
+	}
+	assertTornDown(t, s, id)
+}
