@@ -89,3 +89,41 @@ func TestObjectStoreForWeightsDatasetAndState(t *testing.T) {
 	}
 	assertTornDown(t, s, id)
 }
+
+// An operator clears a stuck job's stack from an object-store backend with `make
+// destroy-stack` and the service's environment: the Makefile finds the bucket through
+// PULUMI_BACKEND_URL, the machine goes away, and the restarted service ends the job at once.
+func TestMakeDestroyStackUsesTheObjectStoreBackend(t *testing.T) {
+	bin, python, model := servicetest.Prerequisites(t)
+	s3 := emulators.StartS3(t)
+	s := servicetest.New(t, bin, python)
+	s.Env = append(s.Env, s3.Env()...)
+	s.BackendURL = s3.BucketURL(s3.NewBucket(t))
+	s.Start()
+	const id = "e2e-s3-stuck"
+	body := startBody(id, model, servicetest.WritePairs(t, 400), 400, map[string]any{"epochs": 100, "max_seq_len": 64, "batch_size": 4})
+	if code := s.Request("POST", "/api/v1/training/start", body, nil); code != 202 {
+		t.Fatalf("start: %d", code)
+	}
+	s.WaitFor(id, 5*time.Minute, "training steps", func(j servicetest.Job) bool {
+		return j.Status == "training" && j.Progress.Step >= 1
+	})
+	s.Kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := s.MakeDestroyStack(ctx, id); err != nil {
+		t.Fatalf("make destroy-stack: %v\n%s", err, out)
+	}
+	if ls := s.PulumiStackLs(ctx); strings.Contains(ls, `"`+id+`"`) {
+		t.Fatalf("the bucket still holds the stack:\n%s", ls)
+	}
+	if pids := s.Processes(); len(pids) > 0 {
+		t.Fatalf("the job's worker processes still run: %v", pids)
+	}
+	s.Start()
+	j := s.WaitFor(id, 2*time.Minute, "a terminal status", terminal)
+	if j.Status != "failed" || j.Error == nil || j.Error.Code != "machine_lost" {
+		t.Fatalf("job ended %s with %+v, want failed with machine_lost", j.Status, j.Error)
+	}
+	assertTornDown(t, s, id)
+}

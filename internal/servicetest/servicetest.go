@@ -326,14 +326,10 @@ func (s *Service) PulumiStackLs(ctx context.Context) string {
 	passphrase, _ := os.ReadFile(filepath.Join(s.Data, "pulumi-passphrase"))
 	cmd := exec.CommandContext(ctx, filepath.Join(s.bin, "pulumi"), "stack", "ls", "--all", "--json")
 	cmd.Dir = repoRoot()
-	backend := s.BackendURL
-	if backend == "" {
-		backend = "file://" + filepath.Join(s.Data, "pulumi")
-	}
 	// The operator's environment: the service's own (an object store's credentials) and
 	// the backend.
 	cmd.Env = append(append(os.Environ(), s.Env...),
-		"PULUMI_BACKEND_URL="+backend,
+		"PULUMI_BACKEND_URL="+s.backendURL(),
 		"PULUMI_HOME="+filepath.Join(s.Data, "pulumi-home"),
 		"PULUMI_CONFIG_PASSPHRASE="+strings.TrimSpace(string(passphrase)),
 		"PULUMI_SKIP_UPDATE_CHECK=true")
@@ -360,6 +356,29 @@ func WritePairs(t testing.TB, n int) string {
 	return p
 }
 
+// backendURL is the Pulumi backend the service uses.
+func (s *Service) backendURL() string {
+	if s.BackendURL != "" {
+		return s.BackendURL
+	}
+	return "file://" + filepath.Join(s.Data, "pulumi")
+}
+
+// MakeDestroyStack runs `make destroy-stack STACK=<stack>` from the repository root for
+// the service's data dir, with the service's environment: the Makefile must find the
+// service's backend (PULUMI_BACKEND_URL when it has one) by itself.
+func (s *Service) MakeDestroyStack(ctx context.Context, stack string) (string, error) {
+	cmd := exec.CommandContext(ctx, "make", "--no-print-directory", "destroy-stack", "STACK="+stack,
+		"DATA_DIR="+s.Data, "BIN="+s.bin)
+	cmd.Dir = repoRoot()
+	cmd.Env = append(os.Environ(), s.Env...)
+	if s.BackendURL != "" {
+		cmd.Env = append(cmd.Env, "PULUMI_BACKEND_URL="+s.BackendURL)
+	}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
 // OperatorDestroy destroys and removes a job's stack as an operator would from the
 // repository root (`make destroy-stack`): the pinned CLI, the service's backend and
 // passphrase file, and env (a cloud's API key) added to the environment.
@@ -368,8 +387,8 @@ func (s *Service) OperatorDestroy(ctx context.Context, stack string, env []strin
 	for _, args := range [][]string{{"destroy", "--stack", stack, "--yes", "--non-interactive"}, {"stack", "rm", stack, "--yes", "--non-interactive"}} {
 		cmd := exec.CommandContext(ctx, filepath.Join(s.bin, "pulumi"), args...)
 		cmd.Dir = repoRoot()
-		cmd.Env = append(append(os.Environ(),
-			"PULUMI_BACKEND_URL=file://"+filepath.Join(s.Data, "pulumi"),
+		cmd.Env = append(append(append(os.Environ(), s.Env...),
+			"PULUMI_BACKEND_URL="+s.backendURL(),
 			"PULUMI_HOME="+filepath.Join(s.Data, "pulumi-home"),
 			"PULUMI_CONFIG_PASSPHRASE_FILE="+filepath.Join(s.Data, "pulumi-passphrase"),
 			"PULUMI_SKIP_UPDATE_CHECK=true"), env...)
