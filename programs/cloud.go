@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"path"
+	"regexp"
 	"strings"
 )
 
@@ -18,18 +19,23 @@ const MachinePrefix = "understudy-"
 const maxMachineName = 64
 
 // MachineName is the name of a job's machine (and of its registered SSH key) at a cloud:
-// MachinePrefix and the train_id, or for a long train_id its first characters, "-" and 8 hex
-// digits of its sha256. It is unique per job: after an ambiguous create the machine is
+// MachinePrefix and the train_id when that is shorter than the longest name (64), else its
+// first characters, "-" and 12 hex digits of the train_id's sha256, exactly 64 long. A
+// shortened name is never the name of a shorter train_id, which is why a name of exactly 64
+// is always shortened: it is unique per job, and after an ambiguous create the machine is
 // looked up by it.
 func MachineName(trainID string) string {
 	name := MachinePrefix + trainID
-	if len(name) <= maxMachineName {
+	if len(name) < maxMachineName {
 		return name
 	}
 	sum := sha256.Sum256([]byte(trainID))
-	keep := maxMachineName - len(MachinePrefix) - 9
-	return MachinePrefix + trainID[:keep] + "-" + hex.EncodeToString(sum[:])[:8]
+	keep := maxMachineName - len(MachinePrefix) - 13
+	return MachinePrefix + trainID[:keep] + "-" + hex.EncodeToString(sum[:])[:12]
 }
+
+// hashedSuffix matches the end of a name CloudName shortened or rewrote.
+var hashedSuffix = regexp.MustCompile(`-[0-9a-f]{8}$`)
 
 // machineWorkDir is the job's directory on a cloud machine.
 func machineWorkDir(base, trainID string) string { return path.Join(base, trainID) }
@@ -59,7 +65,8 @@ func deadlineUnix(spec Spec) int {
 // Azure Linux VMs: 64, AWS: 255): MachinePrefix and the train_id. When the train_id had to
 // change to fit (upper case, '_' or '.', a trailing '-', or too long), the name ends in '-'
 // and 8 hex digits of the train_id's sha256, so that "Job_A" and "job-a" never share a name.
-// maxLen below 24 counts as 24.
+// A train_id that itself ends like that ("job-a-1a2b3c4d") is hashed too, so that no
+// train_id can take the name another one was given. maxLen below 24 counts as 24.
 func CloudName(trainID string, maxLen int) string {
 	maxLen = max(maxLen, 24)
 	var b strings.Builder
@@ -71,7 +78,8 @@ func CloudName(trainID string, maxLen int) string {
 		}
 	}
 	clean := b.String()
-	if clean == trainID && len(MachinePrefix)+len(clean) <= maxLen && !strings.HasSuffix(clean, "-") && clean != "" {
+	if clean == trainID && len(MachinePrefix)+len(clean) <= maxLen && !strings.HasSuffix(clean, "-") && clean != "" &&
+		!hashedSuffix.MatchString(clean) {
 		return MachinePrefix + clean
 	}
 	sum := sha256.Sum256([]byte(trainID))

@@ -269,6 +269,29 @@ func TestMachineName(t *testing.T) {
 	if len(n1) > 64 || len(n2) > 64 || n1 == n2 || !strings.HasPrefix(n1, programs.MachinePrefix) {
 		t.Errorf("long names %q %q: want distinct, at most 64 characters, prefixed", n1, n2)
 	}
+	// A train_id chosen to be the shortened name of a longer one gets a name of its own:
+	// otherwise one job's teardown (by name) could remove the other's machine.
+	mimic := strings.TrimPrefix(n1, programs.MachinePrefix)
+	if got := programs.MachineName(mimic); got == n1 {
+		t.Errorf("MachineName(%q) = %q, the name of another train_id", mimic, got)
+	}
+}
+
+// The same for the names at AWS, GCP and Azure: a train_id cannot take the rewritten or
+// shortened name of another.
+func TestCloudNameCannotBeTaken(t *testing.T) {
+	for _, victim := range []string{"Job_A", strings.Repeat("b", 120), "job.a"} {
+		for _, max := range []int{63, 64, 255} {
+			taken := programs.CloudName(victim, max)
+			mimic := strings.TrimPrefix(taken, programs.MachinePrefix)
+			if mimic == victim {
+				continue // the name is the train_id itself: nobody else can have it
+			}
+			if got := programs.CloudName(mimic, max); got == taken {
+				t.Errorf("CloudName(%q, %d) = %q, the name of %q", mimic, max, got, victim)
+			}
+		}
+	}
 }
 
 func TestInspect(t *testing.T) {

@@ -187,3 +187,24 @@ func stubServiceAccount(t *testing.T) string {
 	})
 	return string(creds)
 }
+
+// Two train_ids never share a stack: a train_id of 100 characters chosen to equal the
+// shortened stack name of a longer one gets a stack of its own.
+func TestStackNamesAreUniquePerTrainID(t *testing.T) {
+	long := strings.Repeat("x", 128)
+	taken := stacks.StackName(long)
+	if len(taken) != 100 {
+		t.Fatalf("StackName of a 128-character id has %d characters, want 100", len(taken))
+	}
+	if got := stacks.StackName(taken); got == taken {
+		t.Fatalf("train_id %q gets the stack of train_id %q", taken, long)
+	}
+	for _, id := range []string{"a", strings.Repeat("y", 99)} {
+		if got := stacks.StackName(id); got != id {
+			t.Errorf("StackName(%q) = %q, want the id itself", id, got)
+		}
+	}
+	if a, b := stacks.StackName(strings.Repeat("z", 100)), stacks.StackName(strings.Repeat("z", 101)); a == b {
+		t.Errorf("ids of 100 and 101 characters share stack %q", a)
+	}
+}

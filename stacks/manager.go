@@ -212,11 +212,14 @@ func (m *Manager) workspace(ctx context.Context, program pulumi.RunFunc) (auto.W
 // maxStackName is Pulumi's limit on a stack name.
 const maxStackName = 100
 
-// StackName is the name of a job's stack: the train_id itself, or for a train_id longer
-// than Pulumi allows, its first 83 characters, "-" and 16 hex digits of its sha256. The
-// stack's train_id tag always holds the full id.
+// StackName is the name of a job's stack: the train_id itself when it is shorter than
+// Pulumi's longest stack name (100), else its first 83 characters, "-" and 16 hex digits of
+// its sha256, exactly 100 long. A train_id of exactly 100 characters is shortened too, so
+// that it can never be the shortened name of a longer one: two train_ids never share a
+// stack (one job's teardown can never destroy another's machine). The stack's train_id tag
+// always holds the full id.
 func StackName(trainID string) string {
-	if len(trainID) <= maxStackName {
+	if len(trainID) < maxStackName {
 		return trainID
 	}
 	sum := sha256.Sum256([]byte(trainID))

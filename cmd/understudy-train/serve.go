@@ -124,9 +124,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("resolve data dir: %w", err)
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
+	release, err := prepareDataDir(dataDir, log)
+	if err != nil {
+		return err
 	}
+	defer release()
 	token, err := apiToken(cfg.TokenFile, dataDir, log)
 	if err != nil {
 		return err

@@ -145,11 +145,33 @@ func configText(f Files, cfg Config, port int) string {
 	line("Subsystem sftp internal-sftp")
 	line("StrictModes yes")
 	line("PrintMotd no")
+	// Only the job's runner logs in, as one user, to run commands and SFTP: no tunnels, no
+	// agent or X11 forwarding, few guesses, no half-open logins, dead clients dropped.
+	line("DisableForwarding yes")
 	line("X11Forwarding no")
+	line("PermitTunnel no")
+	line("PermitUserEnvironment no")
+	if u := allowedUser(); u != "" {
+		line("AllowUsers %s", u)
+	}
+	line("MaxAuthTries 3")
+	line("LoginGraceTime 30")
+	line("ClientAliveInterval 15")
+	line("ClientAliveCountMax 4")
 	if cfg.Tag != "" {
 		line("SetEnv %s", cfg.Tag)
 	}
 	return b.String()
+}
+
+// allowedUser is the one user the server lets log in: the user it runs as, whom the
+// machine's processes run as.
+func allowedUser() string {
+	u, err := user.Current()
+	if err != nil || strings.ContainsAny(u.Username, " \t\n*?!,") {
+		return ""
+	}
+	return u.Username
 }
 
 // WriteFileExclusive creates name with data and perm; it fails when name exists.

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/understudy-ai/training-service/provider/sshd"
+)
+
+// lockName is the file in the data dir that one serve process holds locked.
+const lockName = "serve.lock"
+
+// prepareDataDir makes the data dir owner-only, refuses one the local provider's sshd could
+// not use, and takes the data dir's lock: two serve processes on one data dir would both
+// resume and drive the same jobs. The lock is held until release is called (or the process
+// ends: the kernel drops a dead process's lock, so a crash never leaves it stuck).
+func prepareDataDir(dir string, log *slog.Logger) (release func(), err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if perm := st.Mode().Perm(); perm != 0o700 {
+		// jobs.db, the weights and the keys must not be readable by anyone else.
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("data dir %s has mode %v and cannot be made owner-only: %w", dir, perm, err)
+		}
+		log.Warn("made the data dir owner-only", "data_dir", dir, "was", perm.String())
+	}
+	// The local provider runs a per-job sshd on files under the data dir; with StrictModes
+	// it refuses them when a directory above is group- or world-writable (such as /tmp).
+	if err := sshd.CheckSafePath(dir); err != nil {
+		return nil, fmt.Errorf("data dir %s cannot hold the local provider's machines: %w; "+
+			"choose a directory whose parents are owned by you or root and not group- or world-writable (not under /tmp)", dir, err)
+	}
+
+	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open data dir lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder := "another process"
+		if raw, rerr := os.ReadFile(f.Name()); rerr == nil {
+			if pid, perr := strconv.Atoi(strings.TrimSpace(string(raw))); perr == nil && pid > 0 {
+				holder = "pid " + strconv.Itoa(pid)
+			}
+		}
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("data dir %s is in use by another understudy-train serve (%s): stop it first, or give this one another --data-dir", dir, holder)
+		}
+		return nil, fmt.Errorf("lock data dir %s: %w", dir, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return func() {
+		_ = f.Truncate(0)
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}

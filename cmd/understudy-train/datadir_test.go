@@ -1,0 +1,53 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/understudy-ai/training-service/internal/testenv"
+)
+
+func TestDataDirIsMadeOwnerOnlyAndLocked(t *testing.T) {
+	dir := filepath.Join(testenv.SSHDDir(t, "datadir-"), "data")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	release, err := prepareDataDir(dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 {
+		t.Errorf("data dir mode %v, want 0700", st.Mode().Perm())
+	}
+	// A second serve on the same data dir is refused, naming the holder.
+	_, err = prepareDataDir(dir, log)
+	if err == nil || !strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second lock: %v, want a refusal naming pid %d", err, os.Getpid())
+	}
+	release()
+	// Once released (or once its process is gone), the data dir can be taken again.
+	release, err = prepareDataDir(dir, log)
+	if err != nil {
+		t.Fatalf("after release: %v", err)
+	}
+	release()
+}
+
+func TestDataDirUnderAWorldWritableDirIsRefused(t *testing.T) {
+	open := filepath.Join(testenv.SSHDDir(t, "datadir-"), "shared")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o1777); err != nil { // as /tmp is
+		t.Fatal(err)
+	}
+	_, err := prepareDataDir(filepath.Join(open, "data"), slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), open) || !strings.Contains(err.Error(), "not under /tmp") {
+		t.Fatalf("err = %v, want a refusal naming %s", err, open)
+	}
+}
