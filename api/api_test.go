@@ -92,30 +92,42 @@ type env struct {
 	srv  *httptest.Server
 	data string
 	drv  *lifecycle.Driver
+	// datasets and models are the service's --dataset-root and --model-root.
+	datasets, models string
 }
 
-func newEnv(t *testing.T) *env {
+// newEnv serves the API over a real driver (SQLite, parked machines); configure, when
+// given, adjusts the driver's and the API's configuration first.
+func newEnv(t *testing.T, configure ...func(*lifecycle.Config, *api.Options)) *env {
 	t.Helper()
 	dir := t.TempDir()
+	e := &env{data: dir, datasets: t.TempDir(), models: t.TempDir()}
 	st, err := sqlite.Open(context.Background(), filepath.Join(dir, "jobs.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	drv, err := lifecycle.New(lifecycle.Config{DataDir: dir, Runtime: fstest.MapFS{}, WeightsURL: "file:///w"},
-		st, &parkedProvisioner{stacks: map[string]bool{}}, noConnector{}, log)
+	cfg := lifecycle.Config{DataDir: dir, Runtime: fstest.MapFS{}, WeightsURL: "file:///w",
+		DatasetRoots: []string{e.datasets}, ModelRoots: []string{e.models}}
+	opts := api.Options{Token: token, Providers: []string{"local", "lambda", "runpod"}, Logger: log, MaxBodyBytes: 1 << 20,
+		ProviderStatus: map[string]string{"local": "ready", "lambda": "ready", "runpod": "not configured: RUNPOD_API_KEY (or RUNPOD_API_KEY_FILE) is not set"}}
+	for _, c := range configure {
+		c(&cfg, &opts)
+	}
+	drv, err := lifecycle.New(cfg, st, &parkedProvisioner{stacks: map[string]bool{}}, noConnector{}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	drv.Start(context.Background())
-	srv := httptest.NewServer(api.New(drv, api.Options{Token: token, Providers: []string{"local", "lambda", "runpod"}, Logger: log, MaxBodyBytes: 1 << 20,
-		ProviderStatus: map[string]string{"local": "ready", "lambda": "ready", "runpod": "not configured: RUNPOD_API_KEY (or RUNPOD_API_KEY_FILE) is not set"}}))
+	opts.SpoolDir = drv.UploadDir()
+	e.srv = httptest.NewServer(api.New(drv, opts))
 	t.Cleanup(func() {
-		srv.Close()
+		e.srv.Close()
 		drv.Stop(context.Background())
 		st.Close()
 	})
-	return &env{srv: srv, data: dir, drv: drv}
+	e.drv = drv
+	return e
 }
 
 func (e *env) do(t *testing.T, method, path, tok, body string) (int, map[string]any) {
@@ -219,7 +231,7 @@ func TestStartStatusCancel(t *testing.T) {
 
 func TestValidation(t *testing.T) {
 	e := newEnv(t)
-	dir := t.TempDir()
+	dir := e.datasets
 	good := filepath.Join(dir, "good.jsonl")
 	os.WriteFile(good, []byte("{\"prompt\":\"a\",\"response\":\"b\"}\n"), 0o600)
 	bad := filepath.Join(dir, "bad.jsonl")
@@ -264,8 +276,8 @@ func TestValidation(t *testing.T) {
 		{"negative duration", body(map[string]any{"max_duration_seconds": -1}), 422, "invalid_max_duration_seconds"},
 		{"endless duration", body(map[string]any{"max_duration_seconds": 1e15}), 422, "invalid_max_duration_seconds"},
 		{"too large", `{"x":"` + strings.Repeat("a", 2<<20) + `"}`, 413, "body_too_large"},
-		// Opens, then fails every read (even for root): an unreadable dataset.
-		{"dataset read error", body(map[string]any{"training_pairs": nil, "dataset_uri": "file:///proc/self/mem"}), 422, "invalid_dataset"},
+		// Outside every --dataset-root (it would open, then fail every read).
+		{"dataset outside the roots", body(map[string]any{"training_pairs": nil, "dataset_uri": "file:///proc/self/mem"}), 422, "dataset_not_allowed"},
 	}
 	if os.Getuid() != 0 { // root reads anything
 		cases = append(cases, struct {

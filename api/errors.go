@@ -65,6 +65,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			detail = ErrorDetail{Code: "internal", Message: "internal error"}
 		}
 	}
+	if status == http.StatusTooManyRequests && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", "30")
+	}
 	writeJSON(w, status, ErrorBody{Error: detail})
 }
 

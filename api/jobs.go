@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gorilla/mux"
 
@@ -56,6 +57,9 @@ func (s *Server) completed(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	// Anyone can reach this endpoint: a body that trickles in must not hold the connection
+	// for the server's whole read timeout.
+	http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.completedRead))
 	tok, ok := bearer(r)
 	if !ok {
 		s.writeError(w, r, fail(job.CodeUnauthenticated, "unauthenticated", "the job's completion token is required"))

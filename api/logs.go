@@ -47,6 +47,15 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"train_id": id, "status": j.Status, "lines": lines})
 		return
 	}
+	select {
+	case s.streams <- struct{}{}:
+		defer func() { <-s.streams }()
+	default:
+		w.Header().Set("Retry-After", "5")
+		s.writeError(w, r, &job.Error{Code: job.CodeResourceExhausted, Reason: "too_many_streams",
+			Message: fmt.Sprintf("%d log streams are open, the most this service serves (serve --max-streams); try again later or use ?follow=false", cap(s.streams))})
+		return
+	}
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		s.writeError(w, r, fail(job.CodeInternal, "internal", "streaming is not supported"))

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -45,7 +46,24 @@ type Options struct {
 	// PollInterval is how often the log stream looks for news; 0 means 500ms.
 	PollInterval time.Duration
 	Logger       *slog.Logger
+	// MaxPairs bounds the inline training_pairs of one start; 0 means DefaultMaxPairs.
+	MaxPairs int
+	// SpoolDir is where a start's inline pairs are written while the body is read (they
+	// never sit in memory); empty means the system's temp dir.
+	SpoolDir string
+	// MaxStreams bounds the log streams (server-sent events) open at once; one more is a
+	// 429. 0 means DefaultMaxStreams.
+	MaxStreams int
+	// CompletedReadTimeout bounds reading the internal completed call (its body is a few
+	// bytes; the caller holds no API token); 0 means 10s.
+	CompletedReadTimeout time.Duration
 }
+
+// Defaults of Options.
+const (
+	DefaultMaxPairs   = 200_000
+	DefaultMaxStreams = 256
+)
 
 // Server is the HTTP API.
 type Server struct {
@@ -54,6 +72,10 @@ type Server struct {
 	providers      map[string]bool
 	providerStatus map[string]string
 	maxBody        int64
+	maxPairs       int
+	spoolDir       string
+	streams        chan struct{}
+	completedRead  time.Duration
 	poll           time.Duration
 	log            *slog.Logger
 	router         *mux.Router
@@ -67,8 +89,21 @@ func New(svc Service, opts Options) *Server {
 		providers:      map[string]bool{},
 		providerStatus: opts.ProviderStatus,
 		maxBody:        opts.MaxBodyBytes,
+		maxPairs:       opts.MaxPairs,
+		spoolDir:       opts.SpoolDir,
+		completedRead:  opts.CompletedReadTimeout,
 		poll:           opts.PollInterval,
 		log:            opts.Logger,
+	}
+	if s.maxPairs <= 0 {
+		s.maxPairs = DefaultMaxPairs
+	}
+	if opts.MaxStreams <= 0 {
+		opts.MaxStreams = DefaultMaxStreams
+	}
+	s.streams = make(chan struct{}, opts.MaxStreams)
+	if s.completedRead <= 0 {
+		s.completedRead = 10 * time.Second
 	}
 	if s.maxBody <= 0 {
 		s.maxBody = 64 << 20
@@ -110,6 +145,30 @@ func New(svc Service, opts Options) *Server {
 	r.MethodNotAllowedHandler = notAllowed
 	s.router = r
 	return s
+}
+
+// Timeouts of the HTTP server that NewHTTPServer returns. There is no write timeout: it
+// would cut the log streams, which clear their own read deadline instead.
+const (
+	// ReadHeaderTimeout bounds reading a request's headers.
+	ReadHeaderTimeout = 10 * time.Second
+	// ReadTimeout bounds reading a whole request, body included: a start of the largest
+	// body at about 250 KB/s.
+	ReadTimeout = 5 * time.Minute
+	// IdleTimeout bounds how long a kept-alive connection waits for its next request.
+	IdleTimeout = 2 * time.Minute
+)
+
+// NewHTTPServer returns the http.Server for h with the service's timeouts; ctx is every
+// request's base context.
+func NewHTTPServer(ctx context.Context, h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
+		IdleTimeout:       IdleTimeout,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {

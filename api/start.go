@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 
@@ -90,17 +92,197 @@ func (s *Server) providerNames() string {
 	return strings.Join(names, ", ")
 }
 
-// parseStart turns a start body into a request, naming the first problem it finds.
-func (s *Server) parseStart(body []byte) (lifecycle.StartRequest, error) {
+// pairsField is what streaming "training_pairs" left: whether the field was there, how
+// many pairs went to the spool file, and the first problem with it (reported where the
+// field is checked, so the first problem of the body is still the one named).
+type pairsField struct {
+	present bool
+	count   int
+	err     error
+}
+
+// startReader reads a start body token by token: every field but training_pairs is kept
+// raw (they are small), and training_pairs is decoded one element at a time and written,
+// one per line, to a spool file, so a large body is never held in memory.
+type startReader struct {
+	dec      *json.Decoder
+	maxPairs int
+	spoolDir string
+	spool    *os.File
+	w        *bufio.Writer
+	buf      bytes.Buffer
+}
+
+// errTooLarge carries the body's size error out of the decoder.
+type errTooLarge struct{ err error }
+
+func (e errTooLarge) Error() string { return e.err.Error() }
+
+func (sr *startReader) readErr(err error) error {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return errTooLarge{err}
+	}
+	if errors.Is(err, errSpool) {
+		return err
+	}
+	return malformed("invalid_json", "the request body must be a JSON object")
+}
+
+var errSpool = errors.New("spool training pairs")
+
+// read parses the body into its raw fields and the spooled pairs.
+func (sr *startReader) read() (fields, pairsField, error) {
+	var pf pairsField
+	tok, err := sr.dec.Token()
+	if err != nil {
+		return nil, pf, sr.readErr(err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, pf, malformed("invalid_json", "the request body must be a JSON object")
+	}
+	f := fields{}
+	for sr.dec.More() {
+		tok, err := sr.dec.Token()
+		if err != nil {
+			return nil, pf, sr.readErr(err)
+		}
+		key, _ := tok.(string)
+		switch key {
+		case "training_pairs":
+			if pf, err = sr.readPairs(); err != nil {
+				return nil, pf, err
+			}
+		default:
+			var raw json.RawMessage
+			if err := sr.dec.Decode(&raw); err != nil {
+				return nil, pf, sr.readErr(err)
+			}
+			f[key] = raw
+		}
+	}
+	if _, err := sr.dec.Token(); err != nil {
+		return nil, pf, sr.readErr(err)
+	}
+	if sr.dec.More() {
+		return nil, pf, malformed("invalid_json", "the request body must hold exactly one JSON object")
+	}
+	// A body that ends without its closing brace, or with something after it.
+	if _, err := sr.dec.Token(); err != io.EOF {
+		if err == nil {
+			return nil, pf, malformed("invalid_json", "the request body must hold exactly one JSON object")
+		}
+		return nil, pf, sr.readErr(err)
+	}
+	if sr.w != nil {
+		if err := sr.w.Flush(); err != nil {
+			return nil, pf, fmt.Errorf("%w: %w", errSpool, err)
+		}
+	}
+	return f, pf, nil
+}
+
+// readPairs streams the value of training_pairs into the spool file. A value that is not
+// an array, or more pairs than maxPairs, is recorded in the result and the rest of the
+// value skipped; only a body that is not well-formed JSON (or too large) ends the read.
+func (sr *startReader) readPairs() (pairsField, error) {
+	pf := pairsField{present: true}
+	if sr.spool != nil {
+		// The field again: the last one counts, as for every other field.
+		if err := sr.w.Flush(); err != nil {
+			return pf, fmt.Errorf("%w: %w", errSpool, err)
+		}
+		if err := sr.spool.Truncate(0); err != nil {
+			return pf, fmt.Errorf("%w: %w", errSpool, err)
+		}
+		if _, err := sr.spool.Seek(0, io.SeekStart); err != nil {
+			return pf, fmt.Errorf("%w: %w", errSpool, err)
+		}
+		sr.w.Reset(sr.spool)
+	}
+	notArray := malformed("invalid_field", "field \"training_pairs\" must be an array of {\"prompt\",\"response\"} objects")
+	tok, err := sr.dec.Token()
+	if err != nil {
+		return pf, sr.readErr(err)
+	}
+	switch tok {
+	case nil:
+		return pairsField{}, nil // null: as if absent
+	case json.Delim('['):
+	case json.Delim('{'):
+		pf.err = notArray
+		return pf, sr.skip(1)
+	default:
+		pf.err = notArray
+		return pf, nil
+	}
+	if sr.spool == nil {
+		f, err := os.CreateTemp(sr.spoolDir, ".pairs-*")
+		if err != nil {
+			return pf, fmt.Errorf("%w: %w", errSpool, err)
+		}
+		sr.spool = f
+		sr.w = bufio.NewWriterSize(f, 256<<10)
+	}
+	var raw json.RawMessage
+	for sr.dec.More() {
+		raw = raw[:0]
+		if err := sr.dec.Decode(&raw); err != nil {
+			return pf, sr.readErr(err)
+		}
+		if pf.err != nil {
+			continue // skipping the rest after a problem
+		}
+		if pf.count >= sr.maxPairs {
+			pf.err = invalid("too_many_pairs", "the request holds more than %d training_pairs, the most this service takes inline (serve --max-pairs); give a larger dataset as dataset_uri", sr.maxPairs)
+			continue
+		}
+		line := bytes.TrimSpace(raw)
+		if bytes.ContainsAny(line, "\r\n") {
+			// One pair per line in the spool: a pair written over several lines is compacted.
+			sr.buf.Reset()
+			json.Compact(&sr.buf, line)
+			line = sr.buf.Bytes()
+		}
+		sr.w.Write(line)
+		if err := sr.w.WriteByte('\n'); err != nil {
+			return pf, fmt.Errorf("%w: %w", errSpool, err)
+		}
+		pf.count++
+	}
+	if _, err := sr.dec.Token(); err != nil { // ]
+		return pf, sr.readErr(err)
+	}
+	return pf, nil
+}
+
+// skip reads tokens until depth open objects or arrays are closed.
+func (sr *startReader) skip(depth int) error {
+	for depth > 0 {
+		tok, err := sr.dec.Token()
+		if err != nil {
+			return sr.readErr(err)
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+	}
+	return nil
+}
+
+func (sr *startReader) close() {
+	if sr.spool != nil {
+		sr.spool.Close()
+		os.Remove(sr.spool.Name())
+	}
+}
+
+// parseStart checks the fields of a start body in order, naming the first problem.
+func (s *Server) parseStart(f fields, pf pairsField, spool string) (lifecycle.StartRequest, error) {
 	var req lifecycle.StartRequest
-	var f fields
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&f); err != nil || f == nil {
-		return req, malformed("invalid_json", "the request body must be a JSON object")
-	}
-	if dec.More() {
-		return req, malformed("invalid_json", "the request body must hold exactly one JSON object")
-	}
 	var err error
 	sp := &req.Spec
 	if sp.TrainID, err = f.str("train_id", true); err != nil {
@@ -142,15 +324,16 @@ func (s *Server) parseStart(body []byte) (lifecycle.StartRequest, error) {
 	if sp.DatasetURI, err = f.str("dataset_uri", false); err != nil {
 		return req, err
 	}
-	if f.has("training_pairs") {
-		if err := json.Unmarshal(f["training_pairs"], &req.Pairs); err != nil {
-			return req, malformed("invalid_field", "field \"training_pairs\" must be an array of {\"prompt\",\"response\"} objects")
-		}
+	if pf.err != nil {
+		return req, pf.err
+	}
+	if pf.present {
+		req.PairsPath = spool
 	}
 	switch {
-	case sp.DatasetURI == "" && !f.has("training_pairs"):
+	case sp.DatasetURI == "" && !pf.present:
 		return req, invalid("missing_dataset", "give the training data as \"dataset_uri\" or \"training_pairs\"")
-	case sp.DatasetURI != "" && f.has("training_pairs"):
+	case sp.DatasetURI != "" && pf.present:
 		return req, invalid("ambiguous_dataset", "give either \"dataset_uri\" or \"training_pairs\", not both")
 	}
 	if sp.GPUType, err = f.str("gpu_type", false); err != nil {
@@ -168,8 +351,19 @@ func (s *Server) parseStart(body []byte) (lifecycle.StartRequest, error) {
 	if sp.MaxDurationSeconds, err = f.integer("max_duration_seconds", false); err != nil {
 		return req, err
 	}
+	// An explicit 0 asks for no limit; an absent one takes the service's default.
+	req.NoMaxDuration = f.has("max_duration_seconds") && sp.MaxDurationSeconds == 0
 	if sp.MaxDurationSeconds < 0 || sp.MaxDurationSeconds > maxDurationSeconds {
 		return req, invalid("invalid_max_duration_seconds", "max_duration_seconds must be from 0 (no limit) to %d (30 days)", maxDurationSeconds)
+	}
+	if sp.KeepCheckpoint, err = f.boolean("keep_checkpoint"); err != nil {
+		return req, err
+	}
+	if f.has("max_cost_usd") && json.Unmarshal(f["max_cost_usd"], &sp.MaxCostUSD) != nil {
+		return req, malformed("invalid_field", "field \"max_cost_usd\" must be a number")
+	}
+	if sp.MaxCostUSD < 0 || math.IsNaN(sp.MaxCostUSD) || math.IsInf(sp.MaxCostUSD, 0) {
+		return req, invalid("invalid_max_cost_usd", "max_cost_usd must be 0 (no limit) or a positive number of US dollars")
 	}
 	if f.has("hyperparameters") {
 		var hp map[string]any
@@ -189,18 +383,27 @@ func (s *Server) parseStart(body []byte) (lifecycle.StartRequest, error) {
 }
 
 func (s *Server) start(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeJSON(w, http.StatusRequestEntityTooLarge, ErrorBody{ErrorDetail{Code: "body_too_large",
-				Message: fmt.Sprintf("the request body is larger than %d bytes; give large datasets as dataset_uri", s.maxBody)}})
-			return
-		}
-		s.writeError(w, r, malformed("invalid_body", "the request body could not be read"))
+	sr := &startReader{dec: json.NewDecoder(http.MaxBytesReader(w, r.Body, s.maxBody)), maxPairs: s.maxPairs, spoolDir: s.spoolDir}
+	defer sr.close()
+	f, pf, err := sr.read()
+	var tooBig errTooLarge
+	switch {
+	case errors.As(err, &tooBig):
+		writeJSON(w, http.StatusRequestEntityTooLarge, ErrorBody{ErrorDetail{Code: "body_too_large",
+			Message: fmt.Sprintf("the request body is larger than %d bytes; give large datasets as dataset_uri", s.maxBody)}})
+		return
+	case errors.Is(err, errSpool):
+		s.writeError(w, r, err)
+		return
+	case err != nil:
+		s.writeError(w, r, err)
 		return
 	}
-	req, err := s.parseStart(body)
+	spool := ""
+	if sr.spool != nil {
+		spool = sr.spool.Name()
+	}
+	req, err := s.parseStart(f, pf, spool)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -41,6 +41,7 @@ func TestObjectStoreForWeightsDatasetAndState(t *testing.T) {
 	s := servicetest.New(t, bin, python)
 	s.Env = append(s.Env, s3.Env()...)
 	s.Args = append(s.Args, "--weights-url", s3.BucketURL(weightsBucket))
+	s.DatasetRoots = append(s.DatasetRoots, s3.ObjectURL(dataBucket, "sets"))
 	s.BackendURL = s3.BucketURL(stateBucket)
 	s.Start()
 

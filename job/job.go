@@ -89,6 +89,9 @@ const (
 	ReasonVerifyFailed    = "verify_failed"
 	ReasonPreempted       = "preempted"
 	ReasonInvalidModel    = "invalid_model"
+	// ReasonBudgetExceeded: the job's cost reached its max_cost_usd, or its machine would take
+	// the service's hourly spend over --max-hourly-spend.
+	ReasonBudgetExceeded = "budget_exceeded"
 	// Provider failures: no machine of that kind free now, the API key refused, the
 	// account's balance or quota exhausted, or the provider not configured at all.
 	ReasonNoCapacity            = "no_capacity"
@@ -133,6 +136,11 @@ type Spec struct {
 	// no spot machine can be had.
 	Spot             bool `json:"spot,omitempty"`
 	OnDemandFallback bool `json:"on_demand_fallback,omitempty"`
+	// KeepCheckpoint asks for the runtime's last checkpoint to be stored with the weights
+	// when the job is stopped before it finishes (cancel, timeout, budget).
+	KeepCheckpoint bool `json:"keep_checkpoint,omitempty"`
+	// MaxCostUSD stops the job (failed, budget_exceeded) once its cost reaches it; 0: no limit.
+	MaxCostUSD float64 `json:"max_cost_usd,omitempty"`
 	// Fingerprint is the sha256 of the canonical request, data included.
 	Fingerprint string `json:"fingerprint"`
 	// DatasetSHA256 is the hash of the dataset as the service stored it.
@@ -192,17 +200,21 @@ type Job struct {
 	Spec
 	Status Status `json:"status"`
 	// Revision increases on every write; stores use it for compare-and-set.
-	Revision        int64                `json:"-"`
-	Progress        Progress             `json:"progress"`
-	Machine         *Machine             `json:"machine,omitempty"`
-	CostUSD         float64              `json:"cost_usd"`
-	WeightsURI      string               `json:"weights_uri,omitempty"`
-	Manifest        *Manifest            `json:"weights_manifest,omitempty"`
-	Error           *Failure             `json:"error,omitempty"`
-	CancelRequested bool                 `json:"cancel_requested"`
-	Timestamps      map[Status]time.Time `json:"timestamps"`
-	CreatedAt       time.Time            `json:"created_at"`
-	UpdatedAt       time.Time            `json:"updated_at"`
+	Revision   int64    `json:"-"`
+	Progress   Progress `json:"progress"`
+	Machine    *Machine `json:"machine,omitempty"`
+	CostUSD    float64  `json:"cost_usd"`
+	WeightsURI string   `json:"weights_uri,omitempty"`
+	// CheckpointURI is where the last checkpoint of a job stopped early was stored (with
+	// keep_checkpoint); CheckpointManifest lists its files.
+	CheckpointURI      string               `json:"checkpoint_uri,omitempty"`
+	CheckpointManifest []ManifestFile       `json:"checkpoint_manifest,omitempty"`
+	Manifest           *Manifest            `json:"weights_manifest,omitempty"`
+	Error              *Failure             `json:"error,omitempty"`
+	CancelRequested    bool                 `json:"cancel_requested"`
+	Timestamps         map[Status]time.Time `json:"timestamps"`
+	CreatedAt          time.Time            `json:"created_at"`
+	UpdatedAt          time.Time            `json:"updated_at"`
 	// Internal is what the service keeps about a job that clients never see.
 	Internal Internal `json:"-"`
 }
@@ -221,8 +233,12 @@ type Internal struct {
 	DatasetPath string `json:"dataset_path,omitempty"`
 	// Outcome is the terminal state a job in tearing_down moves to once its stack is gone.
 	Outcome *Outcome `json:"outcome,omitempty"`
-	// ProvisionedAt is when the machine became billable, for the cost estimate.
+	// ProvisionedAt is when the current machine became billable, for the cost estimate;
+	// zero when the job holds no machine.
 	ProvisionedAt time.Time `json:"provisioned_at,omitempty"`
+	// CostBefore is what the job's earlier machines cost, each from provisioned until its
+	// teardown finished.
+	CostBefore float64 `json:"cost_before,omitempty"`
 	// Expected maps each output file to the sha256 the runtime reported in its done event.
 	Expected map[string]string `json:"expected,omitempty"`
 	// Metrics are the runtime's final metrics from its done event.
@@ -244,4 +260,27 @@ type Event struct {
 	Status  Status         `json:"status,omitempty"`
 	Message string         `json:"message"`
 	Data    map[string]any `json:"data,omitempty"`
+}
+
+// Cost is what the job has cost up to now: its earlier machines plus the current machine's
+// hourly price for the time it has been held.
+func (j *Job) Cost(now time.Time) float64 {
+	c := j.Internal.CostBefore
+	if j.Machine != nil && j.Machine.HourlyPriceUSD > 0 && !j.Internal.ProvisionedAt.IsZero() {
+		c += j.Machine.HourlyPriceUSD * max(0, now.Sub(j.Internal.ProvisionedAt).Hours())
+	}
+	return c
+}
+
+// ReleaseMachine closes the current machine's bill at now, once it is gone: its cost moves
+// into CostBefore and CostUSD, so that a later machine of the same job adds to it.
+func (j *Job) ReleaseMachine(now time.Time) {
+	if j.Internal.ProvisionedAt.IsZero() {
+		// Nothing held (a job stored before CostBefore existed keeps its CostUSD).
+		j.CostUSD = max(j.CostUSD, j.Internal.CostBefore)
+		return
+	}
+	j.Internal.CostBefore = j.Cost(now)
+	j.Internal.ProvisionedAt = time.Time{}
+	j.CostUSD = j.Internal.CostBefore
 }

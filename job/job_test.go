@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 )
 
 func TestEveryPathToTerminalPassesTeardown(t *testing.T) {
@@ -51,5 +52,26 @@ func TestErrorHelpers(t *testing.T) {
 	}
 	if !IDPattern.MatchString("a.b-c_1") || IDPattern.MatchString("-a") || IDPattern.MatchString("a/b") {
 		t.Fatal("IDPattern")
+	}
+}
+
+func TestCostAddsUpEveryMachine(t *testing.T) {
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	j := &Job{Machine: &Machine{HourlyPriceUSD: 2}}
+	j.Internal.ProvisionedAt = t0
+	if got := j.Cost(t0.Add(30 * time.Minute)); got != 1 {
+		t.Fatalf("first machine after 30m: %v, want 1", got)
+	}
+	j.ReleaseMachine(t0.Add(time.Hour))
+	if j.CostUSD != 2 || !j.Internal.ProvisionedAt.IsZero() || j.Cost(t0.Add(5*time.Hour)) != 2 {
+		t.Fatalf("after release: cost %v, provisioned %v, later %v; want 2 that no longer grows",
+			j.CostUSD, j.Internal.ProvisionedAt, j.Cost(t0.Add(5*time.Hour)))
+	}
+	// A second machine of the same job (another attempt) adds to the first.
+	j.Machine = &Machine{HourlyPriceUSD: 4}
+	j.Internal.ProvisionedAt = t0.Add(2 * time.Hour)
+	j.ReleaseMachine(t0.Add(2*time.Hour + 15*time.Minute))
+	if j.CostUSD != 3 {
+		t.Fatalf("two machines: %v, want 2 + 4×0.25 = 3", j.CostUSD)
 	}
 }

@@ -9,9 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/understudy-ai/training-service/dataset"
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/store"
 )
@@ -54,9 +56,43 @@ type Config struct {
 	// Inventories list and remove, per provider, what the service made at that cloud: for
 	// `stacks gc`, and to sweep a job's leftovers after its stack is destroyed.
 	Inventories map[string]Inventory
+	// StopGrace is how long a job being stopped (cancel, max_duration_seconds, a budget)
+	// gives its runtime, after SIGTERM, to write a checkpoint and exit before it is killed
+	// and the machine torn down. Default 60 seconds.
+	StopGrace time.Duration
+	// MaxHourlySpend caps the sum of the hourly prices (USD) of the machines the service
+	// holds at once; 0: no cap. A job waits queued while the cap leaves no room for its
+	// machine, and fails budget_exceeded when its new machine would take the sum over it.
+	MaxHourlySpend float64
+	// BudgetCheckEvery is how often a job's cost is checked against its max_cost_usd while
+	// it trains; default 5 seconds.
+	BudgetCheckEvery time.Duration
+	// DatasetRoots are the directories a local dataset_uri may name a file under (serve
+	// --dataset-root); none: local datasets are refused.
+	DatasetRoots []string
+	// ModelRoots are the directories a local slm_type may name a model directory under
+	// (serve --model-root); none: local models are refused.
+	ModelRoots []string
+	// DatasetLimits bound every dataset a start brings, from a file, an object or inline;
+	// zero fields take the defaults (DefaultMaxDatasetBytes, DefaultMaxDatasetRecords).
+	DatasetLimits dataset.Limits
+	// MaxQueued bounds the jobs waiting for a machine slot; a start beyond it is refused
+	// (job.CodeResourceExhausted) and stores nothing. Default DefaultMaxQueued.
+	MaxQueued int
+	// DefaultMaxDuration is the max_duration_seconds of a start that gives none; 0: none.
+	DefaultMaxDuration time.Duration
 }
 
 func (c *Config) defaults() {
+	if c.DatasetLimits.MaxBytes <= 0 {
+		c.DatasetLimits.MaxBytes = DefaultMaxDatasetBytes
+	}
+	if c.DatasetLimits.MaxRecords <= 0 {
+		c.DatasetLimits.MaxRecords = DefaultMaxDatasetRecords
+	}
+	if c.MaxQueued <= 0 {
+		c.MaxQueued = DefaultMaxQueued
+	}
 	if c.MaxConcurrent <= 0 {
 		c.MaxConcurrent = 4
 	}
@@ -80,6 +116,12 @@ func (c *Config) defaults() {
 	}
 	if c.InspectAfter <= 0 {
 		c.InspectAfter = 20 * time.Second
+	}
+	if c.StopGrace <= 0 {
+		c.StopGrace = 60 * time.Second
+	}
+	if c.BudgetCheckEvery <= 0 {
+		c.BudgetCheckEvery = 5 * time.Second
 	}
 	if c.Owner == "" {
 		host, _ := os.Hostname()
@@ -109,6 +151,10 @@ type Driver struct {
 
 	mu      sync.Mutex
 	running map[string]*runState
+	pending int // starts past the queue check, not yet launched (MaxQueued)
+	spend   *spend
+
+	fp failpoints // test hooks, from FailpointEnv only
 }
 
 type runState struct {
@@ -130,12 +176,21 @@ func New(cfg Config, st store.Store, prov Provisioner, conn Connector, log *slog
 			return nil, fmt.Errorf("new driver: %w", err)
 		}
 	}
+	fp, err := parseFailpoints(os.Getenv(FailpointEnv))
+	if err != nil {
+		return nil, fmt.Errorf("new driver: %w", err)
+	}
+	if armed := fp.armed(); len(armed) > 0 {
+		log.Warn("failpoints armed: jobs pause there (a test hook)", "failpoints", strings.Join(armed, ","))
+	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	return &Driver{
 		cfg: cfg, store: st, prov: prov, conn: conn, log: log,
 		sem:     make(chan struct{}, cfg.MaxConcurrent),
 		baseCtx: ctx, shutdown: cancel,
 		running: map[string]*runState{},
+		spend:   newSpend(cfg.MaxHourlySpend),
+		fp:      fp,
 	}, nil
 }
 
@@ -163,6 +218,7 @@ func (d *Driver) Start(ctx context.Context) error {
 		}
 		cursor = next
 	}
+	d.sweepDatasets(ctx)
 	names, err := d.prov.Stacks(ctx)
 	if err != nil {
 		d.log.Warn("list stacks for the reaper", "err", err)
@@ -236,6 +292,8 @@ func (d *Driver) launch(trainID string) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
+		// Last, after any teardown: a job that ended keeps no copy of its data.
+		defer d.removeDatasetIfEnded(trainID)
 		defer func() {
 			d.mu.Lock()
 			delete(d.running, trainID)

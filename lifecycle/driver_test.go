@@ -267,6 +267,34 @@ func TestRestartResumesTraining(t *testing.T) {
 	}
 }
 
+// After an operator destroyed a stuck job's stack while the service was down, the
+// restarted service ends the job at once instead of redialling the gone machine.
+func TestRestartNoticesAStackDestroyedMeanwhile(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.conn.hold = make(chan struct{})
+	defer close(h.conn.hold)
+	h.drv.Start(context.Background())
+	h.submit("gone")
+	h.waitFor("gone", job.StatusTraining)
+	time.Sleep(500 * time.Millisecond)
+	// The "operator" destroys the stack; the machine no longer answers.
+	h.prov.mu.Lock()
+	delete(h.prov.stacks, "gone")
+	h.prov.mu.Unlock()
+	h.conn.mu.Lock()
+	h.conn.dropForever = true
+	h.conn.mu.Unlock()
+	start := time.Now()
+	h.restart(Config{InspectAfter: 10 * time.Minute, ReconnectTimeout: 10 * time.Minute})
+	j := h.waitFor("gone", job.StatusFailed)
+	if j.Error == nil || j.Error.Code != job.ReasonMachineLost || !strings.Contains(j.Error.Message, "destroyed outside the service") {
+		t.Fatalf("error %+v, want machine_lost naming the destroyed stack", j.Error)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Fatalf("took %v to notice", d)
+	}
+}
+
 func TestReaperDestroysOrphanedStacks(t *testing.T) {
 	h := newHarness(t, Config{})
 	h.prov.stacks["orphan"] = true

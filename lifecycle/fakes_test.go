@@ -175,6 +175,18 @@ type fakeConnector struct {
 	mismatchFirst int
 	// mismatchLater makes every Connect after the first meet another host key.
 	mismatchLater bool
+	// signals lists the signals sent to the run. After a TERM the run replays termLines
+	// and exits with termCode, as the runtime writing its checkpoint would; with
+	// ignoreTerm it goes on (held) as a runtime that hangs would.
+	signals    []string
+	termLines  []string
+	termCode   int
+	ignoreTerm bool
+	terminated map[string]bool // by work dir
+	// runOutput answers Run; nil: no output.
+	runOutput func(cmd string) []byte
+	// downloaded records Download's remote dirs and prefixes.
+	downloaded []string
 }
 
 func (c *fakeConnector) Connect(ctx context.Context, m job.Machine, signer ssh.Signer) (Session, error) {
@@ -199,6 +211,9 @@ func (s *fakeSession) Run(ctx context.Context, cmd string) ([]byte, error) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
 	s.c.commands = append(s.c.commands, cmd)
+	if s.c.runOutput != nil {
+		return s.c.runOutput(cmd), nil
+	}
 	return nil, nil
 }
 func (s *fakeSession) Upload(ctx context.Context, fsys fs.FS, dir string) error {
@@ -234,7 +249,18 @@ func (s *fakeSession) Start(ctx context.Context, wd, cmd string, env map[string]
 }
 func (s *fakeSession) Follow(ctx context.Context, wd string, offset int64, onLine func([]byte, int64) error) (int, error) {
 	var pos int64
-	for i, l := range s.c.lines {
+	s.c.mu.Lock()
+	lines, terminated := s.c.lines, s.c.terminated[wd]
+	hang := s.c.ignoreTerm && len(s.c.signals) > 0
+	s.c.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	if terminated {
+		lines = append(lines[:len(lines):len(lines)], s.c.termLines...)
+	}
+	for i, l := range lines {
 		end := pos + int64(len(l)) + 1
 		if pos >= offset {
 			if err := onLine([]byte(l), end); err != nil {
@@ -244,7 +270,7 @@ func (s *fakeSession) Follow(ctx context.Context, wd string, offset int64, onLin
 				s.c.dropOnce = false
 				return 0, job.Errorf(job.CodeUnavailable, "connection lost")
 			}
-			if i == 0 && s.c.hold != nil {
+			if i == 0 && s.c.hold != nil && !terminated {
 				select {
 				case <-s.c.hold:
 				case <-ctx.Done():
@@ -254,12 +280,27 @@ func (s *fakeSession) Follow(ctx context.Context, wd string, offset int64, onLin
 		}
 		pos = end
 	}
+	if terminated {
+		return s.c.termCode, nil
+	}
 	return s.c.exitCode, nil
 }
-func (s *fakeSession) Signal(ctx context.Context, wd, sig string) error { return nil }
+func (s *fakeSession) Signal(ctx context.Context, wd, sig string) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.c.signals = append(s.c.signals, sig)
+	if sig == "TERM" && !s.c.ignoreTerm {
+		if s.c.terminated == nil {
+			s.c.terminated = map[string]bool{}
+		}
+		s.c.terminated[wd] = true
+	}
+	return nil
+}
 func (s *fakeSession) Download(ctx context.Context, dir, prefix string, expected map[string]string) ([]job.ManifestFile, error) {
 	s.c.mu.Lock()
 	s.c.downloads++
+	s.c.downloaded = append(s.c.downloaded, dir+" -> "+prefix)
 	hold := s.c.downloadHold
 	s.c.mu.Unlock()
 	if hold != nil {

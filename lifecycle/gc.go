@@ -174,3 +174,40 @@ func sortedKeys[V any](m map[string]V) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// sweepBeforeDestroy removes, before the job's stack is destroyed, the machines its cloud
+// holds under the job's name that no stack tracks: a create interrupted before the stack
+// recorded it (the service was killed while provisioning). They go first because the
+// destroy cannot finish while one runs: a cloud refuses to delete the stack's registered
+// key while a machine uses it, and the destroy waits on it for good. Only a job that never
+// recorded its machine can have one.
+func (d *Driver) sweepBeforeDestroy(ctx context.Context, j *job.Job) {
+	inv, ok := d.cfg.Inventories[j.Provider]
+	if !ok || j.Machine != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.TeardownTimeout)
+	defer cancel()
+	tracked, err := d.prov.ResourceIDs(ctx)
+	if err != nil {
+		d.log.Warn("read the stacks' resources before destroy", "train_id", j.TrainID, "err", err)
+		return
+	}
+	list, err := inv.List(ctx)
+	if err != nil {
+		d.log.Warn("look for untracked machines under the job's name", "train_id", j.TrainID, "provider", j.Provider, "err", err)
+		return
+	}
+	name := programs.MachineName(j.TrainID)
+	for _, m := range list {
+		if _, ok := tracked[m.ID]; ok || m.Name != name || m.Kind == KindSSHKey {
+			continue
+		}
+		if err := inv.Remove(ctx, m); err != nil {
+			d.log.Error("remove an untracked machine under the job's name", "train_id", j.TrainID, "id", m.ID, "err", err)
+			continue
+		}
+		d.event(ctx, j.TrainID, "machine_swept", job.StatusTearingDown,
+			fmt.Sprintf("removed %s %s (%s), made by an interrupted create that the job's stack did not record", m.Kind, m.ID, m.Name), nil)
+	}
+}

@@ -78,7 +78,7 @@ func (d *Driver) drive(ctx context.Context, trainID string, rs *runState) {
 		outcome = j.Internal.Outcome
 	} else {
 		err := d.work(ctx, trainID, rs)
-		if ctx.Err() != nil && errors.Is(context.Cause(ctx), errShutdown) {
+		if (ctx.Err() != nil && errors.Is(context.Cause(ctx), errShutdown)) || errors.Is(err, errShutdown) {
 			log.Info("leaving job for the next start", "phase", "shutdown")
 			return
 		}
@@ -101,6 +101,10 @@ func (d *Driver) outcome(ctx context.Context, err error) *job.Outcome {
 	case ctx.Err() != nil && errors.Is(cause, errTimeout):
 		return &job.Outcome{Status: job.StatusFailed, Failure: &job.Failure{Code: job.ReasonTimeout,
 			Message: "the job ran longer than its max_duration_seconds and was stopped"}}
+	}
+	var be *budgetExceeded
+	if ctx.Err() != nil && errors.As(cause, &be) {
+		return &job.Outcome{Status: job.StatusFailed, Failure: &job.Failure{Code: job.ReasonBudgetExceeded, Message: be.msg}}
 	}
 	reason := job.ReasonOf(err)
 	if reason == "" {
@@ -125,6 +129,7 @@ func (d *Driver) endQueued(ctx context.Context, trainID string, to job.Status, f
 // keeps failing the job fails with teardown_failed, naming the stack for an operator.
 func (d *Driver) teardown(ctx context.Context, trainID string, outcome *job.Outcome) {
 	log := d.log.With("train_id", trainID, "stack", trainID)
+	defer d.release(trainID)
 	j, err := d.store.JobGet(ctx, trainID)
 	if err != nil {
 		log.Error("load job for teardown", "err", err)
@@ -142,6 +147,8 @@ func (d *Driver) teardown(ctx context.Context, trainID string, outcome *job.Outc
 			return
 		}
 	}
+	d.failpoint(ctx, trainID, job.StatusTearingDown)
+	d.sweepBeforeDestroy(ctx, j)
 	var lastErr error
 	for attempt := 1; attempt <= d.cfg.TeardownAttempts; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, d.cfg.TeardownTimeout)
@@ -177,18 +184,11 @@ func (d *Driver) teardown(ctx context.Context, trainID string, outcome *job.Outc
 	now := time.Now().UTC()
 	if _, err := d.transition(ctx, trainID, outcome.Status, msg, func(j *job.Job) {
 		j.Error = outcome.Failure
-		j.CostUSD = cost(j, now)
+		j.ReleaseMachine(now)
 		j.Internal.Outcome = nil
 	}); err != nil {
 		log.Error("finish job", "err", err)
 	}
-}
-
-func cost(j *job.Job, now time.Time) float64 {
-	if j.Machine == nil || j.Machine.HourlyPriceUSD == 0 || j.Internal.ProvisionedAt.IsZero() {
-		return j.CostUSD
-	}
-	return j.Machine.HourlyPriceUSD * now.Sub(j.Internal.ProvisionedAt).Hours()
 }
 
 // stackLog returns a sink for the engine's output lines that appends them to the job log.
@@ -227,6 +227,9 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 	connectTimeout := d.cfg.ReconnectTimeout
 	switch j.Status {
 	case job.StatusQueued:
+		if err := d.admit(ctx, j); err != nil {
+			return err
+		}
 		keys, err := newJobKeys(d.cfg.DataDir, trainID)
 		if err != nil {
 			return phaseErr(job.ReasonProvisionFailed, err, "create job keys")
@@ -246,6 +249,15 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 		if err != nil {
 			return phaseErr(job.ReasonProvisionFailed, err, "provision machine")
 		}
+		if err := d.hold(j, m.HourlyPriceUSD, true); err != nil {
+			// Bill the machine for the moments it existed; teardown lets it go.
+			_, _ = d.update(ctx, trainID, func(j *job.Job) error {
+				j.Machine, j.Internal.ProvisionedAt = &m, time.Now().UTC()
+				return nil
+			})
+			return err
+		}
+		d.failpoint(ctx, trainID, job.StatusProvisioning)
 		if m.HostKeyTrust == "first-use" {
 			d.event(ctx, trainID, "host_key_first_use", job.StatusProvisioning,
 				"the provider would not take the service's host key at boot; the key the machine presented first is pinned for the rest of the job: "+m.HostKey,
@@ -271,7 +283,12 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 			return err
 		}
 	}
+	// A job this process did not provision itself is resumed after a restart: its machine
+	// may have gone meanwhile (an operator destroyed the stack), so the provider is asked at
+	// the first failed dial instead of after InspectAfter.
+	inspectAfter := d.cfg.InspectAfter
 	if signer == nil {
+		inspectAfter = 0
 		if signer, err = loadSigner(d.cfg.DataDir, trainID); err != nil {
 			return phaseErr(job.ReasonMachineLost, err, "the job's SSH key is gone")
 		}
@@ -280,13 +297,16 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 		return &job.Error{Code: job.CodeInternal, Reason: job.ReasonMachineLost, Message: "the job has no machine recorded"}
 	}
 	m := *j.Machine
+	_ = d.hold(j, m.HourlyPriceUSD, false)
+	stopBudget := d.watchBudget(ctx, j, rs)
+	defer stopBudget()
 	if m.LeaseFile != "" {
 		stop := d.keepLease(ctx, j, m, signer)
 		defer stop()
 	}
 	// Until the first upload the machine may still be booting: a cloud image's sshd can
 	// answer with keys of its own before the boot data installs the pinned one.
-	sess, err := d.connect(ctx, j, m, signer, connectTimeout, rs.nudge, j.Status == job.StatusUploading)
+	sess, err := d.connect(ctx, j, m, signer, connectTimeout, rs.nudge, j.Status == job.StatusUploading, inspectAfter)
 	if err != nil {
 		return phaseErr(job.ReasonMachineLost, err, "reach the machine over SSH")
 	}
@@ -295,6 +315,7 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 	for {
 		switch j.Status {
 		case job.StatusUploading:
+			d.failpoint(ctx, trainID, job.StatusUploading)
 			if err := d.upload(ctx, j, sess); err != nil {
 				return phaseErr(job.ReasonUploadFailed, err, "upload the runtime and data")
 			}
@@ -302,13 +323,17 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 				return err
 			}
 		case job.StatusTraining:
+			d.failpoint(ctx, trainID, job.StatusTraining)
 			if err := d.follow(ctx, trainID, m, signer, &sess, rs); err != nil {
 				return err
 			}
+			// The weights are made: downloading them is not stopped for the budget.
+			stopBudget()
 			if j, err = d.transition(ctx, trainID, job.StatusDownloading, "training finished; downloading the weights", nil); err != nil {
 				return err
 			}
 		case job.StatusDownloading:
+			d.failpoint(ctx, trainID, job.StatusDownloading)
 			return d.download(ctx, j, sess)
 		default:
 			return &job.Error{Code: job.CodeInternal, Reason: job.ReasonInternal, Message: "unexpected status " + string(j.Status)}
@@ -320,14 +345,17 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 // While the machine stays unreachable it asks the provider, every InspectAfter, whether the
 // machine still runs, and gives up at once when it does not.
 //
+// inspectAfter is how long the machine may stay unreachable before the provider is asked
+// whether it still exists.
+//
 // booting says the machine may still be booting: a host key mismatch is then retried until
 // timeout (the other key is never accepted), because a cloud image's sshd can start with
 // keys of its own before the machine's boot data installs the pinned one. Otherwise a
 // mismatch ends the attempt at once.
-func (d *Driver) connect(ctx context.Context, j *job.Job, m job.Machine, signer ssh.Signer, timeout time.Duration, nudge <-chan struct{}, booting bool) (Session, error) {
+func (d *Driver) connect(ctx context.Context, j *job.Job, m job.Machine, signer ssh.Signer, timeout time.Duration, nudge <-chan struct{}, booting bool, inspectAfter time.Duration) (Session, error) {
 	started := time.Now()
 	deadline := started.Add(timeout)
-	nextInspect := started.Add(d.cfg.InspectAfter)
+	nextInspect := started.Add(inspectAfter)
 	backoff := 250 * time.Millisecond
 	toldMismatch := false
 	for {
@@ -380,8 +408,13 @@ func (d *Driver) upload(ctx context.Context, j *job.Job, sess Session) error {
 		return err
 	}
 	model := j.SLMType
-	if dir, ok := localModelDir(j.SLMType); ok {
-		if err := sess.Upload(ctx, os.DirFS(dir), path.Join(wd, "model")); err != nil {
+	// A local model is read through its --model-root (no link out of it), checked again now.
+	if fsys, done, ok, err := d.modelFS(j.SLMType); err != nil {
+		return err
+	} else if ok {
+		err := sess.Upload(ctx, fsys, path.Join(wd, "model"))
+		done()
+		if err != nil {
 			return err
 		}
 		model = "model"
@@ -413,7 +446,9 @@ func (d *Driver) upload(ctx context.Context, j *job.Job, sess Session) error {
 	if err := sess.Upload(ctx, fstest.MapFS{"job.env": {Data: []byte(b.String()), Mode: 0o600}}, wd); err != nil {
 		return err
 	}
-	return sess.Start(ctx, wd, "bash runtime/launch.sh", nil)
+	// exec: the run's process (the one Start waits for) is launch.sh itself, which outlives a
+	// SIGTERM until the runtime has written its checkpoint; a shell in between would die first.
+	return sess.Start(ctx, wd, "exec bash runtime/launch.sh", nil)
 }
 
 // completionToken returns the job's completion token, making and recording one the first
@@ -442,20 +477,6 @@ func looksLocal(slm string) bool {
 	return filepath.IsAbs(p) || strings.HasPrefix(slm, "file://") || strings.HasPrefix(slm, "./") || strings.HasPrefix(slm, "../")
 }
 
-// localModelDir returns the absolute directory slm_type names, when it names one that exists.
-func localModelDir(slm string) (string, bool) {
-	if !looksLocal(slm) {
-		return "", false
-	}
-	p := strings.TrimPrefix(slm, "file://")
-	st, err := os.Stat(p)
-	if err != nil || !st.IsDir() {
-		return "", false
-	}
-	abs, err := filepath.Abs(p)
-	return abs, err == nil
-}
-
 // follow streams progress until the runtime exits, reconnecting when the SSH connection
 // drops, and turns the exit into success or a failure with the runtime's own error code.
 func (d *Driver) follow(ctx context.Context, trainID string, m job.Machine, signer ssh.Signer, sess *Session, rs *runState) error {
@@ -474,6 +495,9 @@ func (d *Driver) follow(ctx context.Context, trainID string, m job.Machine, sign
 		if err == nil {
 			break
 		}
+		if graceful(ctx) {
+			return d.stopRuntime(ctx, trainID, m, signer, sess, f)
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -487,7 +511,7 @@ func (d *Driver) follow(ctx context.Context, trainID string, m job.Machine, sign
 		d.log.Warn("lost the machine's connection; reconnecting", "train_id", trainID, "err", err)
 		d.event(ctx, trainID, "reconnecting", job.StatusTraining, "lost the SSH connection; reconnecting", nil)
 		(*sess).Close()
-		ns, cerr := d.connect(ctx, j, m, signer, d.cfg.ReconnectTimeout, rs.nudge, false)
+		ns, cerr := d.connect(ctx, j, m, signer, d.cfg.ReconnectTimeout, rs.nudge, false, d.cfg.InspectAfter)
 		if cerr != nil {
 			return phaseErr(job.ReasonMachineLost, cerr, "reconnect to the machine")
 		}
@@ -591,7 +615,7 @@ func (f *follower) flush() error {
 	_, err := f.d.update(f.ctx, f.trainID, func(j *job.Job) error {
 		j.Progress = f.prog
 		j.Internal.ProgressOffset = f.offset
-		j.CostUSD = cost(j, now)
+		j.CostUSD = j.Cost(now)
 		return nil
 	})
 	if err == nil {

@@ -1,11 +1,15 @@
 package lifecycle
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -17,20 +21,32 @@ import (
 // StartRequest is a validated start request: the spec and, when the data came inline, the
 // pairs (otherwise Spec.DatasetURI names it).
 type StartRequest struct {
-	Spec  job.Spec
-	Pairs []json.RawMessage
+	Spec job.Spec
+	// Pairs are inline pairs held in memory; PairsPath, when set, names a file that holds
+	// them instead, one JSON value per line as the caller received them (the API spools a
+	// request's pairs there while it reads the body). The caller removes that file.
+	Pairs     []json.RawMessage
+	PairsPath string
+	// NoMaxDuration says the caller asked for no time limit (max_duration_seconds 0 given);
+	// otherwise a Spec.MaxDurationSeconds of 0 takes Config.DefaultMaxDuration.
+	NoMaxDuration bool
 }
 
 // Fingerprint is the sha256 of the request as the caller sent it, data included, so that a
-// retried start is recognised as the same request.
+// retried start is recognised as the same request. With PairsPath it reads that file.
 func (r StartRequest) Fingerprint() string {
+	fp, _ := r.fingerprint()
+	return fp
+}
+
+func (r StartRequest) fingerprint() (string, error) {
 	s := r.Spec
 	s.Fingerprint, s.DatasetSHA256 = "", ""
 	h := sha256.New()
 	enc := json.NewEncoder(h)
 	enc.Encode(s)
-	for _, p := range r.Pairs {
-		// Re-encode each pair so whitespace and key order do not matter.
+	// Re-encode each pair so whitespace and key order do not matter.
+	add := func(p []byte) {
 		var v any
 		if json.Unmarshal(p, &v) == nil {
 			enc.Encode(v)
@@ -38,21 +54,50 @@ func (r StartRequest) Fingerprint() string {
 			h.Write(p)
 		}
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	for _, p := range r.Pairs {
+		add(p)
+	}
+	if r.PairsPath != "" {
+		f, err := os.Open(r.PairsPath)
+		if err != nil {
+			return "", fmt.Errorf("read inline pairs: %w", err)
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 0, 64<<10), dataset.MaxLineBytes+1)
+		for sc.Scan() {
+			if line := bytes.TrimSpace(sc.Bytes()); len(line) > 0 {
+				add(line)
+			}
+		}
+		if err := sc.Err(); err != nil {
+			if errors.Is(err, bufio.ErrTooLong) {
+				return "", &job.Error{Code: job.CodeInvalidArgument, Reason: dataset.ReasonInvalid,
+					Message: fmt.Sprintf("a training pair is longer than %d bytes", dataset.MaxLineBytes)}
+			}
+			return "", fmt.Errorf("read inline pairs: %w", err)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Submit stores a new job and schedules it. It returns the job and whether it was created:
 // the same request again returns the existing job, a different request for the same
-// train_id is a job.CodeAlreadyExists error. A bad dataset is a job.CodeInvalidArgument
-// error and stores nothing.
+// train_id is a job.CodeAlreadyExists error. A bad dataset or a local path outside the
+// configured roots is a job.CodeInvalidArgument error, a full queue (Config.MaxQueued) a
+// job.CodeResourceExhausted one; either stores nothing.
 func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, error) {
 	if looksLocal(req.Spec.SLMType) {
-		if _, ok := localModelDir(req.Spec.SLMType); !ok {
-			return nil, false, &job.Error{Code: job.CodeInvalidArgument, Reason: job.ReasonInvalidModel,
-				Message: fmt.Sprintf("slm_type %q names a local model directory that does not exist on the service's host", req.Spec.SLMType)}
+		dir, err := d.localModel(req.Spec.SLMType)
+		if err != nil {
+			return nil, false, err
 		}
+		dir.Close()
 	}
-	fp := req.Fingerprint()
+	fp, err := req.fingerprint()
+	if err != nil {
+		return nil, false, err
+	}
 	if existing, err := d.store.JobGet(ctx, req.Spec.TrainID); err == nil {
 		return sameOrConflict(existing, fp)
 	} else if job.CodeOf(err) != job.CodeNotFound {
@@ -61,31 +106,21 @@ func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, 
 	if err := d.prov.Check(MachineRequest{TrainID: req.Spec.TrainID, Provider: req.Spec.Provider, Options: options(req.Spec)}); err != nil {
 		return nil, false, err
 	}
+	release, err := d.reserveQueue()
+	if err != nil {
+		return nil, false, err
+	}
+	defer release()
 
 	tmp, err := os.CreateTemp(datasetsDir(d.cfg.DataDir), ".upload-*")
 	if err != nil {
 		return nil, false, fmt.Errorf("store dataset: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	var res dataset.Result
-	if req.Spec.DatasetURI != "" {
-		r, err := dataset.OpenURI(ctx, req.Spec.DatasetURI)
-		if err != nil {
-			tmp.Close()
-			return nil, false, err
-		}
-		res, err = dataset.Copy(ctx, tmp, r)
-		r.Close()
-		if err != nil {
-			tmp.Close()
-			return nil, false, err
-		}
-	} else {
-		res, err = dataset.WritePairs(ctx, tmp, req.Pairs)
-		if err != nil {
-			tmp.Close()
-			return nil, false, err
-		}
+	res, err := d.copyDataset(ctx, tmp, req)
+	if err != nil {
+		tmp.Close()
+		return nil, false, err
 	}
 	if err := tmp.Close(); err != nil {
 		return nil, false, fmt.Errorf("store dataset: %w", err)
@@ -99,6 +134,9 @@ func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, 
 	spec := req.Spec
 	spec.Fingerprint = fp
 	spec.DatasetSHA256 = res.SHA256
+	if spec.MaxDurationSeconds == 0 && !req.NoMaxDuration && d.cfg.DefaultMaxDuration > 0 {
+		spec.MaxDurationSeconds = int(d.cfg.DefaultMaxDuration / time.Second)
+	}
 	path := filepath.Join(datasetsDir(d.cfg.DataDir), spec.TrainID+".jsonl")
 	j := &job.Job{
 		Spec:       spec,
@@ -127,6 +165,36 @@ func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, 
 	d.event(ctx, j.TrainID, "status", job.StatusQueued, fmt.Sprintf("job accepted: %d pairs, dataset sha256 %s", res.Records, res.SHA256), nil)
 	d.launch(j.TrainID)
 	return j, true, nil
+}
+
+// copyDataset checks the request's data and writes it to w, within the dataset limits.
+func (d *Driver) copyDataset(ctx context.Context, w io.Writer, req StartRequest) (dataset.Result, error) {
+	lim := d.cfg.DatasetLimits
+	var r io.Reader
+	switch {
+	case req.Spec.DatasetURI != "":
+		rc, err := dataset.OpenURI(ctx, req.Spec.DatasetURI, &dataset.OpenOptions{Roots: d.cfg.DatasetRoots, MaxBytes: lim.MaxBytes})
+		if err != nil {
+			return dataset.Result{}, err
+		}
+		defer rc.Close()
+		r = rc
+	case req.PairsPath != "":
+		f, err := os.Open(req.PairsPath)
+		if err != nil {
+			return dataset.Result{}, fmt.Errorf("read inline pairs: %w", err)
+		}
+		defer f.Close()
+		r = f
+	default:
+		var buf bytes.Buffer
+		for _, p := range req.Pairs {
+			buf.Write(bytes.TrimSpace(p))
+			buf.WriteByte('\n')
+		}
+		r = &buf
+	}
+	return dataset.CopyLimited(ctx, w, r, lim)
 }
 
 func options(s job.Spec) MachineOptions {

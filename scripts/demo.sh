@@ -47,7 +47,9 @@ if [ "$provider" != local ]; then
   echo "demo: fake $provider API at $fake_url (machines are sshd's under $data/fakecloud)"
 fi
 
-"$bin/understudy-train" serve --listen "127.0.0.1:$port" --data-dir "$data" >"$data/serve.out" 2>"$data/serve.log" &
+# Local datasets and models are read only under the directories given here.
+"$bin/understudy-train" serve --listen "127.0.0.1:$port" --data-dir "$data" \
+  --dataset-root "$(dirname "$dataset")" --model-root "$(dirname "$model")" >"$data/serve.out" 2>"$data/serve.log" &
 server=$!
 cleanup() {
   if kill -0 "$server" 2>/dev/null; then

@@ -126,6 +126,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		locks:   map[string]*stackLock{},
 		settled: map[string]bool{},
 	}
+	endOrphanedPlugins(cfg.Home, m.log)
 	if err := m.ensurePlugin(ctx); err != nil {
 		return nil, err
 	}

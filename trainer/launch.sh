@@ -12,9 +12,20 @@ emit_error() {
   printf '{"v":1,"event":"error","time":%s,"code":"%s","message":"%s"}\n' "$(date +%s.%N)" "$1" "$2"
 }
 
+# The service stops a run with SIGTERM to its whole process group: the runtime writes a
+# checkpoint and exits 75. This script must outlive it, so that its own exit (the run's
+# exit_code) comes only once the checkpoint is on disk: it traps TERM and waits on.
+terminated=0
+trap 'terminated=1' TERM
+
 if ! py=$(bash runtime/bootstrap.sh 2>>bootstrap.log | tail -n 1) || [ -z "$py" ]; then
-  emit_error internal "could not prepare the Python environment on the machine (see bootstrap.log)"
-  rc=1
+  if [ "$terminated" = 1 ]; then
+    emit_error preempted "received SIGTERM while preparing the Python environment; nothing to checkpoint"
+    rc=75
+  else
+    emit_error internal "could not prepare the Python environment on the machine (see bootstrap.log)"
+    rc=1
+  fi
 else
   PYTHONPATH=runtime "$py" -m understudy_trainer train \
     --model "${UNDERSTUDY_MODEL:?}" \
@@ -22,8 +33,15 @@ else
     --output-dir out \
     --checkpoint-dir ckpt \
     --resume \
-    --hyperparameters-json "${UNDERSTUDY_HPARAMS:-{\}}"
-  rc=$?
+    --hyperparameters-json "${UNDERSTUDY_HPARAMS:-{\}}" &
+  child=$!
+  # A trapped signal ends `wait` early; wait again for the runtime's own status.
+  while :; do
+    terminated=0
+    wait "$child"
+    rc=$?
+    [ "$terminated" = 1 ] || break
+  done
 fi
 
 # Tell the service directly too, so completion is seen even if its SSH session was lost.

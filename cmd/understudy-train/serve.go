@@ -10,13 +10,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/understudy-ai/training-service/api"
+	"github.com/understudy-ai/training-service/dataset"
 	"github.com/understudy-ai/training-service/lifecycle"
 	"github.com/understudy-ai/training-service/programs"
 	"github.com/understudy-ai/training-service/provider/cloudapi"
@@ -42,6 +42,12 @@ type Config struct {
 	LogFormat     string
 	LogLevel      string
 	MachineLease  time.Duration
+	// Limits bound what a client may make the service read, hold or run (limits.go).
+	Limits Limits
+	// MaxHourlySpend caps the hourly prices of the machines held at once (USD; 0: no cap);
+	// StopGrace is how long a stopped job's runtime has to checkpoint after SIGTERM.
+	MaxHourlySpend float64
+	StopGrace      time.Duration
 }
 
 // Validate names the first bad field.
@@ -62,8 +68,17 @@ func (c *Config) Validate() error {
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel)
 	}
+	if err := c.Limits.Validate(); err != nil {
+		return err
+	}
 	if c.MachineLease != 0 && c.MachineLease < 10*time.Second {
 		return fmt.Errorf("--machine-lease %v: want 0 (off) or at least 10s", c.MachineLease)
+	}
+	if !(c.MaxHourlySpend >= 0 && c.MaxHourlySpend <= 1e6) {
+		return fmt.Errorf("--max-hourly-spend %v: want 0 (no cap) up to 1e6 USD per hour", c.MaxHourlySpend)
+	}
+	if c.StopGrace < 0 || c.StopGrace > time.Hour {
+		return fmt.Errorf("--stop-grace %v: want 0 (the default, 60s) up to 1h", c.StopGrace)
 	}
 	return nil
 }
@@ -97,6 +112,21 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError("UNDERSTUDY_MACHINE_LEASE: " + err.Error())
 	}
 	fs.DurationVar(&cfg.MachineLease, "machine-lease", defaultLease, "a cloud machine stops itself when the service has not renewed its lease for this long (0: off)")
+	var defaultSpend float64
+	if v := os.Getenv("UNDERSTUDY_MAX_HOURLY_SPEND"); v != "" {
+		if _, err := fmt.Sscan(v, &defaultSpend); err != nil {
+			return usageError("UNDERSTUDY_MAX_HOURLY_SPEND: want a number of USD per hour")
+		}
+	}
+	fs.Float64Var(&cfg.MaxHourlySpend, "max-hourly-spend", defaultSpend, "USD per hour the machines held at once may cost together; a job waits queued for room, and fails budget_exceeded when its new machine would go over (0: no cap)")
+	defaultGrace, err := time.ParseDuration(envOr("UNDERSTUDY_STOP_GRACE", "60s"))
+	if err != nil {
+		return usageError("UNDERSTUDY_STOP_GRACE: " + err.Error())
+	}
+	fs.DurationVar(&cfg.StopGrace, "stop-grace", defaultGrace, "how long a cancelled, timed-out or over-budget job's runtime has, after SIGTERM, to write a checkpoint and exit")
+	if err := cfg.Limits.register(fs); err != nil {
+		return usageError(err.Error())
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -193,14 +223,22 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info("provider", "provider", name, "status", st)
 	}
 	drv, err := lifecycle.New(lifecycle.Config{
-		DataDir:       dataDir,
-		MaxConcurrent: cfg.MaxConcurrent,
-		Runtime:       runtime,
-		WeightsURL:    weights.BaseURI,
-		CallbackURL:   cfg.PublicURL,
-		Python:        map[string]string{"local": cfg.LocalPython},
-		MachineLease:  lease,
-		Inventories:   inventories,
+		DataDir:            dataDir,
+		MaxConcurrent:      cfg.MaxConcurrent,
+		Runtime:            runtime,
+		WeightsURL:         weights.BaseURI,
+		CallbackURL:        cfg.PublicURL,
+		Python:             map[string]string{"local": cfg.LocalPython},
+		MachineLease:       lease,
+		DatasetRoots:       cfg.Limits.DatasetRoots,
+		ModelRoots:         cfg.Limits.ModelRoots,
+		DatasetLimits:      dataset.Limits{MaxBytes: cfg.Limits.MaxDatasetBytes, MaxRecords: cfg.Limits.MaxDatasetRecords},
+		MaxQueued:          cfg.Limits.MaxQueued,
+		DefaultMaxDuration: cfg.Limits.DefaultMaxDuration,
+		Inventories:        inventories,
+
+		MaxHourlySpend: cfg.MaxHourlySpend,
+		StopGrace:      cfg.StopGrace,
 	}, st, prov, lifecycle.NewSSHConnector(weights.Bucket, log), log)
 	if err != nil {
 		return err
@@ -210,11 +248,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           api.New(drv, api.Options{Token: token, Providers: programs.Names(), ProviderStatus: provs.status, Logger: log}),
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
+	srv := api.NewHTTPServer(ctx, api.New(drv, api.Options{Token: token, Providers: programs.Names(), ProviderStatus: provs.status, Logger: log,
+		MaxPairs: cfg.Limits.MaxPairs, MaxStreams: cfg.Limits.MaxStreams, SpoolDir: drv.UploadDir()}))
 	if err := drv.Start(ctx); err != nil {
 		ln.Close()
 		return err

@@ -68,6 +68,12 @@ type Service struct {
 	// BackendURL is the Pulumi backend the service is started with (--backend-url) and
 	// PulumiStackLs reads; empty: the data dir's file backend.
 	BackendURL string
+	// DatasetRoots and ModelRoots are passed as --dataset-root and --model-root. New sets
+	// what the tests use: the directory WritePairs writes to, the test's temp dirs and the
+	// repository's examples; the tiny model's parent. Set them to nil to start a service
+	// without local datasets (models).
+	DatasetRoots []string
+	ModelRoots   []string
 
 	t      testing.TB
 	bin    string
@@ -116,7 +122,10 @@ func New(t testing.TB, bin, python string) *Service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Service{t: t, bin: bin, python: python, Data: data, Token: "test-token-" + strconv.Itoa(os.Getpid())}
+	s := &Service{t: t, bin: bin, python: python, Data: data, Token: "test-token-" + strconv.Itoa(os.Getpid()),
+		// t.TempDir's directories share one parent per test.
+		DatasetRoots: []string{datasetsRoot(t), filepath.Dir(t.TempDir()), filepath.Join(repoRoot(), "examples")},
+		ModelRoots:   []string{filepath.Dir(envOr("UNDERSTUDY_TINY_MODEL", filepath.Join(repoRoot(), "build", "tiny-gpt2")))}}
 	// Registered before anything starts: end every process of this data dir, by pid, then
 	// remove it.
 	t.Cleanup(func() {
@@ -144,6 +153,12 @@ func (s *Service) Start() {
 	args := append([]string{"serve", "--listen", s.Addr, "--data-dir", s.Data}, s.Args...)
 	if s.BackendURL != "" {
 		args = append(args, "--backend-url", s.BackendURL)
+	}
+	for _, d := range s.DatasetRoots {
+		args = append(args, "--dataset-root", d)
+	}
+	for _, d := range s.ModelRoots {
+		args = append(args, "--model-root", d)
 	}
 	cmd := exec.Command(filepath.Join(s.bin, "understudy-train"), args...)
 	cmd.Env = append(append(os.Environ(), "UNDERSTUDY_API_TOKEN="+s.Token, "UNDERSTUDY_LOCAL_PYTHON="+s.python), s.Env...)
@@ -340,9 +355,30 @@ func (s *Service) PulumiStackLs(ctx context.Context) string {
 	return string(out)
 }
 
-// WritePairs writes n learnable pairs and returns the path.
+// datasetsRoot is the directory under which WritePairs writes, a --dataset-root of every
+// service New prepares: under the user's cache dir, shared by all tests.
+func datasetsRoot(t testing.TB) string {
+	t.Helper()
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(cache, "understudy-test", "datasets")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// WritePairs writes n learnable pairs and returns the path: under a directory that every
+// service New prepares reads datasets from (DatasetRoots), removed when the test ends.
 func WritePairs(t testing.TB, n int) string {
-	p := filepath.Join(t.TempDir(), "pairs.jsonl")
+	dir, err := os.MkdirTemp(datasetsRoot(t), "pairs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	p := filepath.Join(dir, "pairs.jsonl")
 	f, err := os.Create(p)
 	if err != nil {
 		t.Fatal(err)
