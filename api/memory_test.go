@@ -77,9 +77,6 @@ func (h *heapService) Submit(ctx context.Context, req lifecycle.StartRequest) (*
 // the body is decoded as it arrives and the pairs spooled to disk, never held whole (the
 // body used to be read whole, then decoded into fields and again into pairs).
 func TestLargeStartMemoryIsBounded(t *testing.T) {
-	if testing.Short() {
-		t.Skip("reads a 50 MB body")
-	}
 	const n, size = 100_000, 480
 	svc := &heapService{}
 	srv := api.New(svc, api.Options{Token: token, Providers: []string{"local"}, SpoolDir: t.TempDir()})
