@@ -206,15 +206,16 @@ func TestCloudRateLimitedStillCompletes(t *testing.T) {
 	}
 }
 
-// A machine the cloud takes away mid-training ends the job at once with a clear code: a
-// RunPod spot pod interrupted is preempted; a Lambda instance terminated by the provider is
-// machine_lost.
+// A machine the cloud takes away mid-training, with no attempt left to replace it
+// (--max-attempts 1), ends the job at once with a clear code: a RunPod spot pod interrupted
+// is preempted; a Lambda instance terminated by the provider is machine_lost. (Replacement
+// is in recovery_test.go.)
 func TestCloudPreemption(t *testing.T) {
 	want := map[string]string{"runpod": "preempted", "lambda": "machine_lost"}
 	for _, provider := range cloudProviders {
 		t.Run(provider, func(t *testing.T) {
 			t.Parallel()
-			e := newCloudEnv(t, provider, nil, "--fault", "preempt-after=25s")
+			e := newCloudEnv(t, provider, []string{"--max-attempts", "1"}, "--fault", "preempt-after=25s")
 			id := "cloud-preempt-" + provider
 			extra := map[string]any{}
 			if provider == "runpod" {
@@ -222,8 +223,11 @@ func TestCloudPreemption(t *testing.T) {
 			}
 			e.start(id, slowHP, extra)
 			j := e.s.WaitFor(id, 5*time.Minute, "a terminal status", terminal)
-			if j.Status != "failed" || j.Error == nil || j.Error.Code != want[provider] {
-				t.Fatalf("job ended %s with %+v, want failed with %s", j.Status, j.Error, want[provider])
+			if j.Status != "failed" || j.Error == nil || j.Error.Code != want[provider] || !strings.Contains(j.Error.Message, "after 1 attempt") {
+				t.Fatalf("job ended %s with %+v, want failed with %s after 1 attempt", j.Status, j.Error, want[provider])
+			}
+			if len(j.Attempts) != 1 || j.Attempts[0].Reason != want[provider] {
+				t.Errorf("attempts %+v, want one ended %s", j.Attempts, want[provider])
 			}
 			e.assertTornDown(id)
 		})
@@ -255,10 +259,11 @@ func TestCloudServiceKilledMidTrainingResumes(t *testing.T) {
 }
 
 // The dead-man's switch: with the service gone past the machine's lease, the machine stops
-// itself; the restarted service notices at once and tears down what is left.
+// itself; the restarted service notices at once and, with no attempt left to replace the
+// machine (--max-attempts 1), tears down what is left.
 func TestCloudLeaseExpiresWhileTheServiceIsDown(t *testing.T) {
 	t.Parallel()
-	e := newCloudEnv(t, "runpod", []string{"--machine-lease", "12s"})
+	e := newCloudEnv(t, "runpod", []string{"--machine-lease", "12s", "--max-attempts", "1"})
 	id := "cloud-lease"
 	e.start(id, slowHP, nil)
 	e.s.WaitFor(id, 5*time.Minute, "training steps", func(j servicetest.Job) bool {

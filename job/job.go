@@ -45,12 +45,14 @@ func (s Status) Valid() bool {
 
 // transitions is the one table of allowed moves. Every path to a terminal state passes
 // through tearing_down, so no job is terminal while its machine may still exist — except
-// queued → cancelled/failed, where no stack was ever created.
+// queued → cancelled/failed, where no stack was ever created. uploading/training →
+// provisioning replaces a machine its cloud took away (a new attempt, see Attempt): the
+// old stack is destroyed before the move.
 var transitions = map[Status][]Status{
 	StatusQueued:       {StatusProvisioning, StatusCancelled, StatusFailed},
 	StatusProvisioning: {StatusUploading, StatusTearingDown},
-	StatusUploading:    {StatusTraining, StatusTearingDown},
-	StatusTraining:     {StatusDownloading, StatusTearingDown},
+	StatusUploading:    {StatusTraining, StatusProvisioning, StatusTearingDown},
+	StatusTraining:     {StatusDownloading, StatusProvisioning, StatusTearingDown},
 	StatusDownloading:  {StatusTearingDown},
 	StatusTearingDown:  {StatusCompleted, StatusFailed, StatusCancelled},
 }
@@ -207,14 +209,17 @@ type Job struct {
 	WeightsURI string   `json:"weights_uri,omitempty"`
 	// CheckpointURI is where the last checkpoint of a job stopped early was stored (with
 	// keep_checkpoint); CheckpointManifest lists its files.
-	CheckpointURI      string               `json:"checkpoint_uri,omitempty"`
-	CheckpointManifest []ManifestFile       `json:"checkpoint_manifest,omitempty"`
-	Manifest           *Manifest            `json:"weights_manifest,omitempty"`
-	Error              *Failure             `json:"error,omitempty"`
-	CancelRequested    bool                 `json:"cancel_requested"`
-	Timestamps         map[Status]time.Time `json:"timestamps"`
-	CreatedAt          time.Time            `json:"created_at"`
-	UpdatedAt          time.Time            `json:"updated_at"`
+	CheckpointURI      string         `json:"checkpoint_uri,omitempty"`
+	CheckpointManifest []ManifestFile `json:"checkpoint_manifest,omitempty"`
+	Manifest           *Manifest      `json:"weights_manifest,omitempty"`
+	Error              *Failure       `json:"error,omitempty"`
+	// Attempts lists every machine the job ran on, oldest first: more than one when a
+	// machine was taken away (preempted, lost) and replaced.
+	Attempts        []Attempt            `json:"attempts,omitempty"`
+	CancelRequested bool                 `json:"cancel_requested"`
+	Timestamps      map[Status]time.Time `json:"timestamps"`
+	CreatedAt       time.Time            `json:"created_at"`
+	UpdatedAt       time.Time            `json:"updated_at"`
 	// Internal is what the service keeps about a job that clients never see.
 	Internal Internal `json:"-"`
 }
@@ -243,6 +248,75 @@ type Internal struct {
 	Expected map[string]string `json:"expected,omitempty"`
 	// Metrics are the runtime's final metrics from its done event.
 	Metrics map[string]any `json:"metrics,omitempty"`
+	// LastCheckpoint is the newest checkpoint pulled off the machine while it trained; a
+	// replacement machine resumes from it.
+	LastCheckpoint *StoredCheckpoint `json:"last_checkpoint,omitempty"`
+	// Replacing says the job's machine was taken away and its stack destroyed: in
+	// provisioning, a fresh machine is to be made (not the old stack's recovered).
+	Replacing bool `json:"replacing,omitempty"`
+}
+
+// StoredCheckpoint is a checkpoint copied into the weights store.
+type StoredCheckpoint struct {
+	// Name is the runtime's directory name (step-NNNNNNNN); Step its optimizer step.
+	Name string `json:"name"`
+	Step int    `json:"step"`
+	// Prefix is where in the weights store its files are, Files what they are.
+	Prefix string         `json:"prefix"`
+	Files  []ManifestFile `json:"files"`
+}
+
+// Attempt is one machine a job ran on. A machine taken away while the job trained
+// (preempted, lost) is replaced by a new one, and training resumes from the last stored
+// checkpoint; the job's attempts list them all, oldest first.
+type Attempt struct {
+	Number     int        `json:"number"`
+	InstanceID string     `json:"instance_id,omitempty"`
+	StartedAt  time.Time  `json:"started_at"`
+	EndedAt    *time.Time `json:"ended_at,omitempty"`
+	// ResumedFromStep is the step of the checkpoint the attempt started from (0: the start);
+	// Step the last training step it reported.
+	ResumedFromStep int `json:"resumed_from_step"`
+	Step            int `json:"step"`
+	// Reason is why the machine went: preempted or machine_lost for one taken away, else the
+	// job's own end (completed, cancelled, or its error code); Message says more.
+	Reason  string  `json:"reason,omitempty"`
+	Message string  `json:"message,omitempty"`
+	CostUSD float64 `json:"cost_usd"`
+}
+
+// StartAttempt records that the job's machine m is up at now: a new attempt, unless the
+// newest one is still open (a restart recovered its machine).
+func (j *Job) StartAttempt(m Machine, now time.Time) {
+	if n := len(j.Attempts); n > 0 && j.Attempts[n-1].EndedAt == nil {
+		j.Attempts[n-1].InstanceID = m.InstanceID
+		return
+	}
+	a := Attempt{Number: len(j.Attempts) + 1, InstanceID: m.InstanceID, StartedAt: now}
+	if j.Internal.LastCheckpoint != nil {
+		a.ResumedFromStep = j.Internal.LastCheckpoint.Step
+	}
+	j.Attempts = append(j.Attempts, a)
+}
+
+// EndAttempt closes the open attempt, if any, at now with reason; call it before
+// ReleaseMachine, whose bill it reads.
+func (j *Job) EndAttempt(now time.Time, reason, msg string) {
+	n := len(j.Attempts)
+	if n == 0 || j.Attempts[n-1].EndedAt != nil {
+		return
+	}
+	a := &j.Attempts[n-1]
+	a.EndedAt = &now
+	a.Step = j.Progress.Step
+	if c := j.Internal.LastCheckpoint; c != nil && c.Step > a.Step {
+		// The runtime reports steps at intervals; its checkpoint may be newer.
+		a.Step = c.Step
+	}
+	if a.Reason == "" {
+		a.Reason, a.Message = reason, msg
+	}
+	a.CostUSD = max(0, j.Cost(now)-j.Internal.CostBefore)
 }
 
 // Outcome is where a job goes after teardown.

@@ -81,6 +81,13 @@ type Config struct {
 	MaxQueued int
 	// DefaultMaxDuration is the max_duration_seconds of a start that gives none; 0: none.
 	DefaultMaxDuration time.Duration
+	// MaxAttempts is how many machines one job may use: a machine taken away while the job
+	// trains (preempted, machine_lost) is replaced, and training resumes from the last
+	// stored checkpoint, until this many were used. Default 3; 1 turns replacement off.
+	MaxAttempts int
+	// CheckpointEvery is how often the runtime writes a checkpoint while it trains; the
+	// Driver copies each into the weights store as soon as it is written. Default 5 minutes.
+	CheckpointEvery time.Duration
 }
 
 func (c *Config) defaults() {
@@ -95,6 +102,12 @@ func (c *Config) defaults() {
 	}
 	if c.MaxConcurrent <= 0 {
 		c.MaxConcurrent = 4
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 3
+	}
+	if c.CheckpointEvery <= 0 {
+		c.CheckpointEvery = 5 * time.Minute
 	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = 5 * time.Minute

@@ -43,6 +43,9 @@ type fakeProvisioner struct {
 	lastReq MachineRequest
 	// leaseFile is reported in the machine of every provisioned job.
 	leaseFile string
+	// preemptFirst makes Inspect report the first machine preempted once a second has not
+	// been provisioned yet.
+	preemptFirst bool
 }
 
 func (p *fakeProvisioner) ResourceIDs(ctx context.Context) (map[string]string, error) {
@@ -71,6 +74,9 @@ func (p *fakeProvisioner) Inspect(ctx context.Context, trainID, provider string)
 	if p.health != nil {
 		return *p.health, nil
 	}
+	if p.preemptFirst && p.provisioned == 1 {
+		return MachineHealth{Exists: true, Preempted: true, Status: "EXITED"}, nil
+	}
 	return MachineHealth{Exists: true, Running: true, Status: "RUNNING"}, nil
 }
 
@@ -80,6 +86,7 @@ func (p *fakeProvisioner) Provision(ctx context.Context, req MachineRequest, log
 	p.mu.Lock()
 	p.stacks[req.TrainID] = true
 	p.provisioned++
+	n := p.provisioned
 	p.lastReq = req
 	lease := p.leaseFile
 	wait, perr, boom := p.provisionWait, p.provisionErr, p.provisionPanics
@@ -101,7 +108,11 @@ func (p *fakeProvisioner) Provision(ctx context.Context, req MachineRequest, log
 	if req.AuthorizedKey == "" || !strings.Contains(req.HostPrivateKey, "OPENSSH PRIVATE KEY") {
 		return job.Machine{}, errors.New("keys missing")
 	}
-	return job.Machine{InstanceID: "fake-" + req.TrainID, Host: "127.0.0.1", Port: 22, User: "u", HostKey: "k", WorkDir: "/w/" + req.TrainID,
+	id := "fake-" + req.TrainID
+	if n > 1 {
+		id = fmt.Sprintf("%s-%d", id, n)
+	}
+	return job.Machine{InstanceID: id, Host: "127.0.0.1", Port: 22, User: "u", HostKey: "k", WorkDir: "/w/" + req.TrainID,
 		HourlyPriceUSD: 3.6, LeaseFile: lease}, nil
 }
 
@@ -162,6 +173,12 @@ type fakeConnector struct {
 	uploaded map[string]bool
 	started  int
 	dropOnce bool // the first Follow fails as a dropped connection after one line
+	// dropAt is the line after which dropOnce drops (default the first); with
+	// dropAfterDownload the drop waits until a Download happened (a checkpoint copied).
+	dropAt            int
+	dropAfterDownload bool
+	// secondLines, when set, are the runtime's lines once a second run was started (on a
+	// replacement machine).
 	// downloadHold blocks Download until closed or ctx ends.
 	downloadHold chan struct{}
 	downloads    int
@@ -185,8 +202,10 @@ type fakeConnector struct {
 	terminated map[string]bool // by work dir
 	// runOutput answers Run; nil: no output.
 	runOutput func(cmd string) []byte
-	// downloaded records Download's remote dirs and prefixes.
-	downloaded []string
+	// downloaded records Download's remote dirs and prefixes; restored Restore's.
+	downloaded  []string
+	restored    []string
+	secondLines []string
 }
 
 func (c *fakeConnector) Connect(ctx context.Context, m job.Machine, signer ssh.Signer) (Session, error) {
@@ -251,6 +270,9 @@ func (s *fakeSession) Follow(ctx context.Context, wd string, offset int64, onLin
 	var pos int64
 	s.c.mu.Lock()
 	lines, terminated := s.c.lines, s.c.terminated[wd]
+	if s.c.secondLines != nil && s.c.started >= 2 {
+		lines = s.c.secondLines
+	}
 	hang := s.c.ignoreTerm && len(s.c.signals) > 0
 	s.c.mu.Unlock()
 	if hang {
@@ -266,8 +288,23 @@ func (s *fakeSession) Follow(ctx context.Context, wd string, offset int64, onLin
 			if err := onLine([]byte(l), end); err != nil {
 				return 0, err
 			}
-			if i == 0 && (s.c.dropOnce || s.c.dropForever) {
+			s.c.mu.Lock()
+			drop := (i == s.c.dropAt && s.c.dropOnce) || (i == 0 && s.c.dropForever)
+			if drop {
 				s.c.dropOnce = false
+			}
+			waitDownload := drop && s.c.dropAfterDownload
+			s.c.mu.Unlock()
+			for waitDownload {
+				s.c.mu.Lock()
+				n := s.c.downloads
+				s.c.mu.Unlock()
+				if n > 0 || ctx.Err() != nil {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if drop {
 				return 0, job.Errorf(job.CodeUnavailable, "connection lost")
 			}
 			if i == 0 && s.c.hold != nil && !terminated {
@@ -315,6 +352,12 @@ func (s *fakeSession) Download(ctx context.Context, dir, prefix string, expected
 		out = append(out, job.ManifestFile{Path: p, Size: 1, SHA256: h})
 	}
 	return out, nil
+}
+func (s *fakeSession) Restore(ctx context.Context, prefix, dir string, files []job.ManifestFile) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.c.restored = append(s.c.restored, prefix+" -> "+dir)
+	return nil
 }
 func (s *fakeSession) Close() error { return nil }
 

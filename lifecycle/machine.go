@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path"
 	"time"
@@ -10,6 +11,10 @@ import (
 
 	"github.com/understudy-ai/training-service/job"
 )
+
+// errMachineTaken marks the error of a machine its provider reports preempted, terminated or
+// stopped: one the Driver may replace (a stack destroyed by an operator is not).
+var errMachineTaken = errors.New("machine taken away")
 
 // machineGone asks the provider whether the job's machine still runs. It returns the job's
 // error when it does not: preempted for a spot machine its cloud stopped, machine_lost for
@@ -31,13 +36,13 @@ func (d *Driver) machineGone(ctx context.Context, j *job.Job) error {
 	var gone error
 	switch {
 	case h.Preempted:
-		gone = &job.Error{Code: job.CodeFailedPrecondition, Reason: job.ReasonPreempted,
+		gone = &job.Error{Code: job.CodeFailedPrecondition, Reason: job.ReasonPreempted, Err: errMachineTaken,
 			Message: fmt.Sprintf("the cloud interrupted the job's spot machine (status %s)", h.Status)}
 	case !h.Exists:
-		gone = &job.Error{Code: job.CodeFailedPrecondition, Reason: job.ReasonMachineLost,
+		gone = &job.Error{Code: job.CodeFailedPrecondition, Reason: job.ReasonMachineLost, Err: errMachineTaken,
 			Message: "the provider no longer has the job's machine: it was terminated outside the service"}
 	case !h.Running:
-		gone = &job.Error{Code: job.CodeFailedPrecondition, Reason: job.ReasonMachineLost,
+		gone = &job.Error{Code: job.CodeFailedPrecondition, Reason: job.ReasonMachineLost, Err: errMachineTaken,
 			Message: fmt.Sprintf("the job's machine no longer runs (status %s): it was stopped outside the service, or its dead-man's switch fired", h.Status)}
 	}
 	msg := "the provider reports the machine running"

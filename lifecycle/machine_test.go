@@ -92,10 +92,10 @@ func TestLeaseIsRenewedWhileTheJobRuns(t *testing.T) {
 	h.waitFor("lease-job", job.StatusCompleted)
 }
 
-// A spot machine its cloud stopped ends the job as preempted at once, not after the
-// reconnect timeout.
+// With replacement off (one attempt), a spot machine its cloud stopped ends the job as
+// preempted at once, not after the reconnect timeout.
 func TestPreemptedMachineEndsTheJob(t *testing.T) {
-	h := newHarness(t, Config{ReconnectTimeout: time.Hour})
+	h := newHarness(t, Config{ReconnectTimeout: time.Hour, MaxAttempts: 1})
 	h.conn.dropForever = true
 	h.prov.health = &MachineHealth{Exists: true, Running: false, Preempted: true, Status: "EXITED"}
 	h.drv.Start(context.Background())
@@ -111,7 +111,7 @@ func TestPreemptedMachineEndsTheJob(t *testing.T) {
 
 // A machine terminated outside the service is machine_lost.
 func TestMachineTerminatedOutsideIsLost(t *testing.T) {
-	h := newHarness(t, Config{ReconnectTimeout: time.Hour})
+	h := newHarness(t, Config{ReconnectTimeout: time.Hour, MaxAttempts: 1})
 	h.conn.dropForever = true
 	h.prov.health = &MachineHealth{}
 	h.drv.Start(context.Background())

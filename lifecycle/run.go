@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing/fstest"
 	"time"
@@ -77,7 +78,20 @@ func (d *Driver) drive(ctx context.Context, trainID string, rs *runState) {
 	if j.Status == job.StatusTearingDown {
 		outcome = j.Internal.Outcome
 	} else {
-		err := d.work(ctx, trainID, rs)
+		var err error
+		if j.Internal.Replacing && (j.Status == job.StatusUploading || j.Status == job.StatusTraining) {
+			// The service stopped while it replaced the job's machine: finish that first.
+			err = d.finishReplace(ctx, trainID)
+		}
+		if err == nil {
+			err = d.work(ctx, trainID, rs)
+		}
+		for d.replaceable(ctx, err) {
+			if err = d.replace(ctx, trainID, err); err != nil {
+				break
+			}
+			err = d.work(ctx, trainID, rs)
+		}
 		if (ctx.Err() != nil && errors.Is(context.Cause(ctx), errShutdown)) || errors.Is(err, errShutdown) {
 			log.Info("leaving job for the next start", "phase", "shutdown")
 			return
@@ -184,6 +198,11 @@ func (d *Driver) teardown(ctx context.Context, trainID string, outcome *job.Outc
 	now := time.Now().UTC()
 	if _, err := d.transition(ctx, trainID, outcome.Status, msg, func(j *job.Job) {
 		j.Error = outcome.Failure
+		reason, msg := string(outcome.Status), ""
+		if outcome.Failure != nil {
+			reason, msg = outcome.Failure.Code, outcome.Failure.Message
+		}
+		j.EndAttempt(now, reason, msg)
 		j.ReleaseMachine(now)
 		j.Internal.Outcome = nil
 	}); err != nil {
@@ -225,53 +244,26 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 	}
 	var signer ssh.Signer
 	connectTimeout := d.cfg.ReconnectTimeout
-	switch j.Status {
-	case job.StatusQueued:
+	switch {
+	case j.Status == job.StatusQueued:
 		if err := d.admit(ctx, j); err != nil {
 			return err
-		}
-		keys, err := newJobKeys(d.cfg.DataDir, trainID)
-		if err != nil {
-			return phaseErr(job.ReasonProvisionFailed, err, "create job keys")
 		}
 		if _, err := d.transition(ctx, trainID, job.StatusProvisioning, "creating stack "+trainID+" on "+j.Provider, nil); err != nil {
 			return err
 		}
-		req := MachineRequest{TrainID: trainID, EndpointID: j.EndpointID, Version: j.Version, Provider: j.Provider,
-			AuthorizedKey: keys.AuthorizedKey, HostPrivateKey: keys.HostPrivatePEM, Options: options(j.Spec)}
-		if d.cfg.MachineLease > 0 {
-			req.LeaseSeconds = int(d.cfg.MachineLease.Seconds())
-		}
-		if j.MaxDurationSeconds > 0 {
-			req.Deadline = time.Now().Add(time.Duration(j.MaxDurationSeconds) * time.Second)
-		}
-		m, err := d.prov.Provision(ctx, req, d.stackLog(ctx, trainID))
-		if err != nil {
-			return phaseErr(job.ReasonProvisionFailed, err, "provision machine")
-		}
-		if err := d.hold(j, m.HourlyPriceUSD, true); err != nil {
-			// Bill the machine for the moments it existed; teardown lets it go.
-			_, _ = d.update(ctx, trainID, func(j *job.Job) error {
-				j.Machine, j.Internal.ProvisionedAt = &m, time.Now().UTC()
-				return nil
-			})
+		fallthrough
+	case j.Status == job.StatusProvisioning && j.Internal.Replacing:
+		// A first machine, or a replacement for one taken away (its stack destroyed): made
+		// afresh. A restart while a replacement is made converges the stack again.
+		if j, err = d.provision(ctx, j); err != nil {
 			return err
 		}
-		d.failpoint(ctx, trainID, job.StatusProvisioning)
-		if m.HostKeyTrust == "first-use" {
-			d.event(ctx, trainID, "host_key_first_use", job.StatusProvisioning,
-				"the provider would not take the service's host key at boot; the key the machine presented first is pinned for the rest of the job: "+m.HostKey,
-				map[string]any{"host_key": m.HostKey})
+		if signer, err = loadSigner(d.cfg.DataDir, trainID); err != nil {
+			return phaseErr(job.ReasonProvisionFailed, err, "load the job's SSH key")
 		}
-		signer = keys.Signer
 		connectTimeout = d.cfg.ConnectTimeout
-		if j, err = d.transition(ctx, trainID, job.StatusUploading, fmt.Sprintf("machine %s is up at %s:%d", m.InstanceID, m.Host, m.Port), func(j *job.Job) {
-			j.Machine = &m
-			j.Internal.ProvisionedAt = time.Now().UTC()
-		}); err != nil {
-			return err
-		}
-	case job.StatusProvisioning:
+	case j.Status == job.StatusProvisioning:
 		m, err := d.prov.Machine(ctx, trainID)
 		if err != nil {
 			return phaseErr(job.ReasonInterrupted, err, "the service stopped while provisioning and the machine could not be recovered")
@@ -279,6 +271,7 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 		if j, err = d.transition(ctx, trainID, job.StatusUploading, "recovered machine "+m.InstanceID+" after a restart", func(j *job.Job) {
 			j.Machine = &m
 			j.Internal.ProvisionedAt = time.Now().UTC()
+			j.StartAttempt(m, j.Internal.ProvisionedAt)
 		}); err != nil {
 			return err
 		}
@@ -339,6 +332,52 @@ func (d *Driver) work(ctx context.Context, trainID string, rs *runState) error {
 			return &job.Error{Code: job.CodeInternal, Reason: job.ReasonInternal, Message: "unexpected status " + string(j.Status)}
 		}
 	}
+}
+
+// provision makes the job's machine (its first, or a replacement) with fresh keys, and
+// moves the job, in provisioning, to uploading.
+func (d *Driver) provision(ctx context.Context, j *job.Job) (*job.Job, error) {
+	trainID := j.TrainID
+	keys, err := newJobKeys(d.cfg.DataDir, trainID)
+	if err != nil {
+		return nil, phaseErr(job.ReasonProvisionFailed, err, "create job keys")
+	}
+	req := MachineRequest{TrainID: trainID, EndpointID: j.EndpointID, Version: j.Version, Provider: j.Provider,
+		AuthorizedKey: keys.AuthorizedKey, HostPrivateKey: keys.HostPrivatePEM, Options: options(j.Spec)}
+	if d.cfg.MachineLease > 0 {
+		req.LeaseSeconds = int(d.cfg.MachineLease.Seconds())
+	}
+	if j.MaxDurationSeconds > 0 {
+		startedAt := time.Now()
+		if t, ok := j.Timestamps[job.StatusProvisioning]; ok {
+			startedAt = t
+		}
+		req.Deadline = startedAt.Add(time.Duration(j.MaxDurationSeconds) * time.Second)
+	}
+	m, err := d.prov.Provision(ctx, req, d.stackLog(ctx, trainID))
+	if err != nil {
+		return nil, phaseErr(job.ReasonProvisionFailed, err, "provision machine")
+	}
+	if err := d.hold(j, m.HourlyPriceUSD, true); err != nil {
+		// Bill the machine for the moments it existed; teardown lets it go.
+		_, _ = d.update(ctx, trainID, func(j *job.Job) error {
+			j.Machine, j.Internal.ProvisionedAt = &m, time.Now().UTC()
+			return nil
+		})
+		return nil, err
+	}
+	d.failpoint(ctx, trainID, job.StatusProvisioning)
+	if m.HostKeyTrust == "first-use" {
+		d.event(ctx, trainID, "host_key_first_use", job.StatusProvisioning,
+			"the provider would not take the service's host key at boot; the key the machine presented first is pinned for the rest of the job: "+m.HostKey,
+			map[string]any{"host_key": m.HostKey})
+	}
+	return d.transition(ctx, trainID, job.StatusUploading, fmt.Sprintf("machine %s is up at %s:%d", m.InstanceID, m.Host, m.Port), func(j *job.Job) {
+		j.Machine = &m
+		j.Internal.ProvisionedAt = time.Now().UTC()
+		j.Internal.Replacing = false
+		j.StartAttempt(m, j.Internal.ProvisionedAt)
+	})
 }
 
 // connect dials the machine until it answers, timeout passes, or the host key is wrong.
@@ -432,6 +471,9 @@ func (d *Driver) upload(ctx context.Context, j *job.Job, sess Session) error {
 		"UNDERSTUDY_MODEL":    model,
 		"UNDERSTUDY_HPARAMS":  string(hp),
 	}
+	if d.cfg.MaxAttempts > 1 {
+		env["UNDERSTUDY_CHECKPOINT_EVERY_SECONDS"] = strconv.FormatFloat(d.cfg.CheckpointEvery.Seconds(), 'f', -1, 64)
+	}
 	if py := d.cfg.Python[j.Provider]; py != "" {
 		env["UNDERSTUDY_PYTHON"] = py
 	}
@@ -444,6 +486,9 @@ func (d *Driver) upload(ctx context.Context, j *job.Job, sess Session) error {
 		fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(env[k]))
 	}
 	if err := sess.Upload(ctx, fstest.MapFS{"job.env": {Data: []byte(b.String()), Mode: 0o600}}, wd); err != nil {
+		return err
+	}
+	if err := d.restoreCheckpoint(ctx, j, sess); err != nil {
 		return err
 	}
 	// exec: the run's process (the one Start waits for) is launch.sh itself, which outlives a
@@ -485,6 +530,13 @@ func (d *Driver) follow(ctx context.Context, trainID string, m job.Machine, sign
 		return err
 	}
 	f := &follower{d: d, ctx: ctx, trainID: trainID, offset: j.Internal.ProgressOffset, prog: j.Progress, lastFlush: time.Now()}
+	if d.cfg.MaxAttempts > 1 {
+		// Each checkpoint is copied off the machine as soon as it is written, so that a
+		// replacement machine can resume from it; the copy never holds up the progress.
+		kick, stop := d.pullCheckpoints(ctx, j, m, signer)
+		defer stop()
+		f.checkpointed = kick
+	}
 	wd := workDir(m)
 	var code int
 	for {
@@ -563,6 +615,8 @@ type follower struct {
 	lastFlush time.Time
 	errEvent  *progress.Event
 	done      *progress.Event
+	// checkpointed, when set, is told of every checkpoint the runtime writes.
+	checkpointed func()
 }
 
 func (f *follower) onLine(line []byte, end int64) error {
@@ -586,6 +640,9 @@ func (f *follower) onLine(line []byte, end int64) error {
 				map[string]any{"eval_loss": e.EvalLoss, "perplexity": e.Perplexity, "phase": e.Phase, "step": e.Step})
 		case progress.EventCheckpoint:
 			f.d.event(f.ctx, f.trainID, "checkpoint", job.StatusTraining, fmt.Sprintf("checkpoint at step %d (%s)", e.Step, e.Reason), nil)
+			if f.checkpointed != nil {
+				f.checkpointed()
+			}
 		case progress.EventDone:
 			ev := e
 			f.done = &ev

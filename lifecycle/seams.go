@@ -90,5 +90,8 @@ type Session interface {
 	// Download stores every file under remoteDir in the weights store under prefix,
 	// checks them against expected (path → sha256) and verifies what was stored.
 	Download(ctx context.Context, remoteDir, prefix string, expected map[string]string) ([]job.ManifestFile, error)
+	// Restore copies files, stored in the weights store under prefix, into remoteDir, and
+	// checks each copy on the machine against its sha256.
+	Restore(ctx context.Context, prefix, remoteDir string, files []job.ManifestFile) error
 	Close() error
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -122,6 +123,36 @@ var checkpointName = regexp.MustCompile(`^step-[0-9]{8}$`)
 // each file checked against the sha256 the machine computed before the copy, and records
 // where. A job with no checkpoint (stopped before its first step) stores nothing.
 func (d *Driver) storeCheckpoint(ctx context.Context, j *job.Job, sess Session) error {
+	var known *job.StoredCheckpoint
+	if cur, err := d.store.JobGet(ctx, j.TrainID); err == nil {
+		known = cur.Internal.LastCheckpoint
+	}
+	c, err := d.copyCheckpoint(ctx, j, sess, known)
+	if err != nil {
+		return err
+	}
+	if c == nil {
+		d.event(ctx, j.TrainID, "checkpoint_none", job.StatusTraining, "the runtime wrote no checkpoint before it stopped: nothing to keep", nil)
+		return nil
+	}
+	uri := strings.TrimRight(d.cfg.WeightsURL, "/") + "/" + c.Prefix + "/"
+	if _, err := d.update(ctx, j.TrainID, func(j *job.Job) error {
+		j.CheckpointURI = uri
+		j.CheckpointManifest = c.Files
+		return nil
+	}); err != nil {
+		return err
+	}
+	d.event(ctx, j.TrainID, "checkpoint_stored", job.StatusTraining,
+		fmt.Sprintf("checkpoint %s: %d files stored and verified at %s", c.Name, len(c.Files), uri), map[string]any{"checkpoint_uri": uri})
+	return nil
+}
+
+// copyCheckpoint copies the newest complete checkpoint on the job's machine into the weights
+// store under <endpoint>/v<version>/<train_id>/checkpoint/<name>/, each file checked against
+// the sha256 the machine computed before the copy. It returns nil when the machine has no
+// checkpoint, and known, without copying, when that is already the newest.
+func (d *Driver) copyCheckpoint(ctx context.Context, j *job.Job, sess Session, known *job.StoredCheckpoint) (*job.StoredCheckpoint, error) {
 	ckpt := path.Join(workDir(*j.Machine), "ckpt")
 	// The newest step-* directory with its state file written last is complete (the runtime
 	// writes into a temporary directory and renames it).
@@ -133,17 +164,17 @@ for d in $(ls -d step-[0-9]* 2>/dev/null | sort -r); do
 	exit 0
 done`)
 	if err != nil {
-		return fmt.Errorf("find the last checkpoint: %w", err)
+		return nil, fmt.Errorf("find the last checkpoint: %w", err)
 	}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	if !sc.Scan() {
-		d.event(ctx, j.TrainID, "checkpoint_none", job.StatusTraining, "the runtime wrote no checkpoint before it stopped: nothing to keep", nil)
-		return nil
+		return nil, nil
 	}
 	name := strings.TrimSpace(sc.Text())
 	if !checkpointName.MatchString(name) {
-		return fmt.Errorf("find the last checkpoint: unexpected name %q", name)
+		return nil, fmt.Errorf("find the last checkpoint: unexpected name %q", name)
 	}
+	step, _ := strconv.Atoi(strings.TrimLeft(strings.TrimPrefix(name, "step-"), "0"))
 	// Without sha256sum on the machine, Download still reads every stored file back.
 	expected := map[string]string{}
 	for sc.Scan() {
@@ -152,20 +183,26 @@ done`)
 			expected[strings.TrimPrefix(file, "./")] = sum
 		}
 	}
+	if known != nil && known.Name == name && sameFiles(known.Files, expected) {
+		return known, nil
+	}
 	prefix := fmt.Sprintf("%s/v%d/%s/checkpoint/%s", j.EndpointID, j.Version, j.TrainID, name)
 	files, err := sess.Download(ctx, path.Join(ckpt, name), prefix, expected)
 	if err != nil {
-		return phaseErr(job.ReasonDownloadFailed, err, "download the checkpoint")
+		return nil, phaseErr(job.ReasonDownloadFailed, err, "download the checkpoint")
 	}
-	uri := strings.TrimRight(d.cfg.WeightsURL, "/") + "/" + prefix + "/"
-	if _, err := d.update(ctx, j.TrainID, func(j *job.Job) error {
-		j.CheckpointURI = uri
-		j.CheckpointManifest = files
-		return nil
-	}); err != nil {
-		return err
+	return &job.StoredCheckpoint{Name: name, Step: step, Prefix: prefix, Files: files}, nil
+}
+
+// sameFiles reports whether files are exactly expected (path → sha256).
+func sameFiles(files []job.ManifestFile, expected map[string]string) bool {
+	if len(files) != len(expected) || len(files) == 0 {
+		return false
 	}
-	d.event(ctx, j.TrainID, "checkpoint_stored", job.StatusTraining,
-		fmt.Sprintf("checkpoint %s: %d files stored and verified at %s", name, len(files), uri), map[string]any{"checkpoint_uri": uri})
-	return nil
+	for _, f := range files {
+		if expected[f.Path] != f.SHA256 {
+			return false
+		}
+	}
+	return true
 }

@@ -33,6 +33,7 @@ else
     --output-dir out \
     --checkpoint-dir ckpt \
     --resume \
+    --checkpoint-every-seconds "${UNDERSTUDY_CHECKPOINT_EVERY_SECONDS:-600}" \
     --hyperparameters-json "${UNDERSTUDY_HPARAMS:-{\}}" &
   child=$!
   # A trapped signal ends `wait` early; wait again for the runtime's own status.

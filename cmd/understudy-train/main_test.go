@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestConfigValidateNamesTheField(t *testing.T) {
@@ -17,11 +18,13 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		t.Fatal(err)
 	}
 	cases := map[string]func(*Config){
-		"--listen":         func(c *Config) { c.Listen = "8080" },
-		"--data-dir":       func(c *Config) { c.DataDir = "" },
-		"--max-concurrent": func(c *Config) { c.MaxConcurrent = 0 },
-		"--log-format":     func(c *Config) { c.LogFormat = "xml" },
-		"--log-level":      func(c *Config) { c.LogLevel = "loud" },
+		"--listen":           func(c *Config) { c.Listen = "8080" },
+		"--data-dir":         func(c *Config) { c.DataDir = "" },
+		"--max-concurrent":   func(c *Config) { c.MaxConcurrent = 0 },
+		"--log-format":       func(c *Config) { c.LogFormat = "xml" },
+		"--log-level":        func(c *Config) { c.LogLevel = "loud" },
+		"--max-attempts":     func(c *Config) { c.MaxAttempts = -1 },
+		"--checkpoint-every": func(c *Config) { c.CheckpointEvery = time.Millisecond },
 	}
 	for field, mutate := range cases {
 		c := good

@@ -48,6 +48,11 @@ type Config struct {
 	// StopGrace is how long a stopped job's runtime has to checkpoint after SIGTERM.
 	MaxHourlySpend float64
 	StopGrace      time.Duration
+	// MaxAttempts is how many machines a job may run on: one taken away (preempted, lost)
+	// is replaced until then. CheckpointEvery is how often the runtime writes a checkpoint,
+	// which the service copies off the machine at once.
+	MaxAttempts     int
+	CheckpointEvery time.Duration
 }
 
 // Validate names the first bad field.
@@ -79,6 +84,12 @@ func (c *Config) Validate() error {
 	}
 	if c.StopGrace < 0 || c.StopGrace > time.Hour {
 		return fmt.Errorf("--stop-grace %v: want 0 (the default, 60s) up to 1h", c.StopGrace)
+	}
+	if c.MaxAttempts < 0 || c.MaxAttempts > 100 {
+		return fmt.Errorf("--max-attempts %d: want 0 (the default, 3) up to 100", c.MaxAttempts)
+	}
+	if c.CheckpointEvery != 0 && (c.CheckpointEvery < time.Second || c.CheckpointEvery > 24*time.Hour) {
+		return fmt.Errorf("--checkpoint-every %v: want 0 (the default, 5m) or 1s up to 24h", c.CheckpointEvery)
 	}
 	return nil
 }
@@ -124,6 +135,18 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError("UNDERSTUDY_STOP_GRACE: " + err.Error())
 	}
 	fs.DurationVar(&cfg.StopGrace, "stop-grace", defaultGrace, "how long a cancelled, timed-out or over-budget job's runtime has, after SIGTERM, to write a checkpoint and exit")
+	defaultAttempts := 3
+	if v := os.Getenv("UNDERSTUDY_MAX_ATTEMPTS"); v != "" {
+		if _, err := fmt.Sscan(v, &defaultAttempts); err != nil {
+			return usageError("UNDERSTUDY_MAX_ATTEMPTS: want a number of machines")
+		}
+	}
+	fs.IntVar(&cfg.MaxAttempts, "max-attempts", defaultAttempts, "machines a job may run on: a machine its cloud takes away (preempted, lost) is replaced and training resumes from the last checkpoint, until this many were used")
+	defaultCkpt, err := time.ParseDuration(envOr("UNDERSTUDY_CHECKPOINT_EVERY", "5m"))
+	if err != nil {
+		return usageError("UNDERSTUDY_CHECKPOINT_EVERY: " + err.Error())
+	}
+	fs.DurationVar(&cfg.CheckpointEvery, "checkpoint-every", defaultCkpt, "how often the runtime writes a checkpoint while it trains; each is copied into the weights store at once, for a replacement machine to resume from")
 	if err := cfg.Limits.register(fs); err != nil {
 		return usageError(err.Error())
 	}
@@ -239,6 +262,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 		MaxHourlySpend: cfg.MaxHourlySpend,
 		StopGrace:      cfg.StopGrace,
+
+		MaxAttempts:     cfg.MaxAttempts,
+		CheckpointEvery: cfg.CheckpointEvery,
 	}, st, prov, lifecycle.NewSSHConnector(weights.Bucket, log), log)
 	if err != nil {
 		return err

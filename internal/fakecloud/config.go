@@ -69,6 +69,8 @@ type Faults struct {
 	// PreemptAfter, when positive, ends spot pods (RunPod) or every instance (Lambda)
 	// that long after they started running.
 	PreemptAfter time.Duration
+	// PreemptOnce limits PreemptAfter to the first machine made: its replacement runs on.
+	PreemptOnce bool
 	// Auth: every API request answers 401.
 	Auth bool
 	// NoUserData (Lambda): a launch carrying user_data is refused with 400.
@@ -78,7 +80,7 @@ type Faults struct {
 // FaultNames lists the values Faults.Set accepts.
 var FaultNames = []string{
 	"create-500-but-created", "no-capacity", "rate-limit", "slow-delete",
-	"preempt-after=<duration>", "auth", "no-user-data",
+	"preempt-after=<duration>", "preempt-once", "auth", "no-user-data",
 }
 
 // Set turns on the fault named by spec, one of FaultNames; it suits flag.Func.
@@ -100,6 +102,8 @@ func (f *Faults) Set(spec string) error {
 		f.Auth = true
 	case "no-user-data":
 		f.NoUserData = true
+	case "preempt-once":
+		f.PreemptOnce = true
 	case "preempt-after":
 		d, err := time.ParseDuration(value)
 		if err != nil || d <= 0 {

@@ -8,12 +8,12 @@ import (
 func TestFaultsSet(t *testing.T) {
 	t.Parallel()
 	var f Faults
-	for _, spec := range []string{"create-500-but-created", "no-capacity", "rate-limit", "slow-delete", "auth", "no-user-data", "preempt-after=90s"} {
+	for _, spec := range []string{"create-500-but-created", "no-capacity", "rate-limit", "slow-delete", "auth", "no-user-data", "preempt-after=90s", "preempt-once"} {
 		if err := f.Set(spec); err != nil {
 			t.Errorf("Set(%q): %v", spec, err)
 		}
 	}
-	want := Faults{CreateFailsButCreates: true, NoCapacity: true, RateLimit: true, SlowDelete: true, Auth: true, NoUserData: true, PreemptAfter: 90 * time.Second}
+	want := Faults{CreateFailsButCreates: true, NoCapacity: true, RateLimit: true, SlowDelete: true, Auth: true, NoUserData: true, PreemptAfter: 90 * time.Second, PreemptOnce: true}
 	if f != want {
 		t.Errorf("faults = %+v, want %+v", f, want)
 	}

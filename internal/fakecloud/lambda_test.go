@@ -391,6 +391,19 @@ func TestLambdaFaults(t *testing.T) {
 		f.waitInstanceStatus(id, "terminated", 15*time.Second)
 		eventually(t, 15*time.Second, "sshd to end", func() bool { return sshd.ProcessGone(m.SSHDPID) })
 	})
+	t.Run("preempt-once", func(t *testing.T) {
+		t.Parallel()
+		f := startLambda(t, Config{Faults: Faults{PreemptAfter: time.Second, PreemptOnce: true}})
+		f.addKey("k", newKeyPair(t).authorized)
+		first := f.launch(launchBody("p1", "k", ""))
+		f.waitInstanceStatus(first, "terminated", 15*time.Second)
+		second := f.launch(launchBody("p2", "k", ""))
+		f.waitInstanceStatus(second, "active", 15*time.Second)
+		time.Sleep(2500 * time.Millisecond)
+		if _, in := f.instance(second); in["status"] != "active" {
+			t.Errorf("the replacement was preempted too: %v", in["status"])
+		}
+	})
 	t.Run("slow-delete", func(t *testing.T) {
 		t.Parallel()
 		f := startLambda(t, Config{Faults: Faults{SlowDelete: true}, SlowDelete: 2 * time.Second})

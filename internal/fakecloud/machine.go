@@ -212,7 +212,8 @@ func (s *Server) next(m *machine, now time.Time) (actionKind, int) {
 
 // checkRunning applies preemption and the machine's dead-man's switch to a running m.
 func (s *Server) checkRunning(m *machine, now time.Time) actionKind {
-	if s.preemptible(m) && !now.Before(m.runningAt.Add(s.cfg.Faults.PreemptAfter)) {
+	if s.preemptible(m) && !(s.cfg.Faults.PreemptOnce && s.preemptions > 0) && !now.Before(m.runningAt.Add(s.cfg.Faults.PreemptAfter)) {
+		s.preemptions++
 		m.gen++
 		m.stoppedReason = "preempted"
 		s.log.Info("preempt machine", "machine", m.id)

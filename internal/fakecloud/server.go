@@ -43,6 +43,7 @@ type Server struct {
 	order        []*machine // creation order, for listings
 	keys         []*sshKey  // Lambda's registered SSH keys
 	lastLaunch   time.Time  // Lambda: the last accepted launch
+	preemptions  int        // machines preempted so far (Faults.PreemptOnce)
 	nextIP       uint32     // Lambda: the next loopback address to try
 	apiRequests  int        // authenticated API requests, for the rate-limit fault
 	stats        stats

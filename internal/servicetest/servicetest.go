@@ -293,6 +293,14 @@ type Job struct {
 		Code    string `json:"code"`
 		Message string `json:"message"`
 	} `json:"error"`
+	Attempts []struct {
+		Number          int     `json:"number"`
+		InstanceID      string  `json:"instance_id"`
+		ResumedFromStep int     `json:"resumed_from_step"`
+		Step            int     `json:"step"`
+		Reason          string  `json:"reason"`
+		CostUSD         float64 `json:"cost_usd"`
+	} `json:"attempts"`
 }
 
 func (s *Service) Job(id string) Job {
