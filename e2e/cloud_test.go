@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -102,22 +100,7 @@ func TestCloudJobCompletes(t *testing.T) {
 			if j.CostUSD <= 0 {
 				t.Errorf("cost_usd = %v, want the machine's price for the time it ran", j.CostUSD)
 			}
-			root := strings.TrimPrefix(j.WeightsURI, "file://")
-			sawWeights := false
-			for _, f := range j.Manifest.Files {
-				raw, err := os.ReadFile(filepath.Join(root, f.Path))
-				if err != nil {
-					t.Fatal(err)
-				}
-				sum := sha256.Sum256(raw)
-				if hex.EncodeToString(sum[:]) != f.SHA256 {
-					t.Errorf("%s does not match its manifest entry", f.Path)
-				}
-				sawWeights = sawWeights || strings.HasSuffix(f.Path, ".safetensors")
-			}
-			if !sawWeights {
-				t.Fatalf("no weights stored: %+v", j.Manifest.Files)
-			}
+			assertStoredFiles(t, readDir(strings.TrimPrefix(j.WeightsURI, "file://")), j.Manifest.Files)
 			e.assertTornDown(id)
 		})
 	}

@@ -46,6 +46,35 @@ func assertTornDown(t *testing.T, s *servicetest.Service, id string) {
 	}
 }
 
+// readDir reads stored files from a file:// store's directory.
+func readDir(root string) func(string) ([]byte, error) {
+	return func(p string) ([]byte, error) { return os.ReadFile(filepath.Join(root, p)) }
+}
+
+// assertStoredFiles reads every manifest entry through read, checks its size and sha256,
+// requires weights (a .safetensors file) among them, and returns the paths it saw.
+func assertStoredFiles(t *testing.T, read func(path string) ([]byte, error), files []servicetest.ManifestFile) map[string]bool {
+	t.Helper()
+	seen := map[string]bool{}
+	sawWeights := false
+	for _, f := range files {
+		raw, err := read(f.Path)
+		if err != nil {
+			t.Fatalf("read stored %s: %v", f.Path, err)
+		}
+		sum := sha256.Sum256(raw)
+		if hex.EncodeToString(sum[:]) != f.SHA256 || int64(len(raw)) != f.Size {
+			t.Errorf("stored %s does not match its manifest entry", f.Path)
+		}
+		seen[f.Path] = true
+		sawWeights = sawWeights || strings.HasSuffix(f.Path, ".safetensors")
+	}
+	if !sawWeights {
+		t.Fatalf("no weights stored: %+v", files)
+	}
+	return seen
+}
+
 func TestTrainEndToEnd(t *testing.T) {
 	bin, python, model := servicetest.Prerequisites(t)
 	s := servicetest.New(t, bin, python)
@@ -70,21 +99,8 @@ func TestTrainEndToEnd(t *testing.T) {
 	if root != filepath.Join(s.Data, "weights", "ep-e2e", "v1", "e2e-ok")+"/" {
 		t.Fatalf("weights_uri = %s", j.WeightsURI)
 	}
-	var sawWeights, sawManifest bool
-	for _, f := range j.Manifest.Files {
-		raw, err := os.ReadFile(filepath.Join(root, f.Path))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(raw)
-		if hex.EncodeToString(sum[:]) != f.SHA256 || int64(len(raw)) != f.Size {
-			t.Errorf("%s does not match its manifest entry", f.Path)
-		}
-		sawWeights = sawWeights || strings.HasSuffix(f.Path, ".safetensors")
-		sawManifest = sawManifest || f.Path == "manifest.json"
-	}
-	if !sawWeights || !sawManifest {
-		t.Fatalf("weights or manifest.json missing: %+v", j.Manifest.Files)
+	if !assertStoredFiles(t, readDir(root), j.Manifest.Files)["manifest.json"] {
+		t.Fatalf("manifest.json missing: %+v", j.Manifest.Files)
 	}
 	for _, k := range []string{"eval_loss_before", "eval_loss_after", "eos_rate"} {
 		if _, ok := j.Manifest.Metrics[k]; !ok {

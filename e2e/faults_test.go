@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -246,22 +244,7 @@ func assertWeights(t *testing.T, j servicetest.Job) {
 	if j.Manifest == nil || j.WeightsURI == "" {
 		t.Fatalf("completed without weights: %q %+v", j.WeightsURI, j.Manifest)
 	}
-	root := strings.TrimPrefix(j.WeightsURI, "file://")
-	sawWeights := false
-	for _, f := range j.Manifest.Files {
-		raw, err := os.ReadFile(filepath.Join(root, f.Path))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(raw)
-		if hex.EncodeToString(sum[:]) != f.SHA256 || int64(len(raw)) != f.Size {
-			t.Errorf("%s does not match its manifest entry", f.Path)
-		}
-		sawWeights = sawWeights || strings.HasSuffix(f.Path, ".safetensors")
-	}
-	if !sawWeights {
-		t.Errorf("no weights stored: %+v", j.Manifest.Files)
-	}
+	assertStoredFiles(t, readDir(strings.TrimPrefix(j.WeightsURI, "file://")), j.Manifest.Files)
 }
 
 // assertNothingLeft checks that nothing of the job is left: no stack (API and `pulumi

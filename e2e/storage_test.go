@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"os"
 	"strings"
 	"testing"
@@ -73,21 +71,7 @@ func TestObjectStoreForWeightsDatasetAndState(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer weights.Close()
-	sawWeights := false
-	for _, f := range j.Manifest.Files {
-		obj, err := weights.ReadAll(ctx, prefix+f.Path)
-		if err != nil {
-			t.Fatalf("%s: %v", f.Path, err)
-		}
-		sum := sha256.Sum256(obj)
-		if hex.EncodeToString(sum[:]) != f.SHA256 || int64(len(obj)) != f.Size {
-			t.Errorf("%s in the bucket does not match its manifest entry", f.Path)
-		}
-		sawWeights = sawWeights || strings.HasSuffix(f.Path, ".safetensors")
-	}
-	if !sawWeights {
-		t.Fatalf("no weights in the manifest: %+v", j.Manifest.Files)
-	}
+	assertStoredFiles(t, func(p string) ([]byte, error) { return weights.ReadAll(ctx, prefix+p) }, j.Manifest.Files)
 	assertTornDown(t, s, id)
 }
 

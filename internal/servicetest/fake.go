@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -192,15 +191,7 @@ func (f *Fake) Stop() {
 	if f.cmd == nil {
 		return
 	}
-	f.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { f.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		f.cmd.Process.Kill()
-		<-done
-	}
+	terminate(f.cmd, 30*time.Second)
 	if f.t.Failed() {
 		f.t.Logf("fake %s log:\n%s", f.Provider, f.log)
 	}

@@ -196,16 +196,21 @@ func (s *Service) Stop() {
 	if s.cmd == nil {
 		return
 	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
+	terminate(s.cmd, 60*time.Second)
+	s.cmd = nil
+}
+
+// terminate sends cmd SIGTERM and waits for it to end, killing it after grace.
+func terminate(cmd *exec.Cmd, grace time.Duration) {
+	cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
-	go func() { s.cmd.Wait(); close(done) }()
+	go func() { cmd.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(60 * time.Second):
-		s.cmd.Process.Kill()
+	case <-time.After(grace):
+		cmd.Process.Kill()
 		<-done
 	}
-	s.cmd = nil
 }
 
 // cleanup stops the service, then ends any process still running from this data dir:
@@ -282,11 +287,7 @@ type Job struct {
 	CostUSD    float64 `json:"cost_usd"`
 	WeightsURI string  `json:"weights_uri"`
 	Manifest   *struct {
-		Files []struct {
-			Path   string `json:"path"`
-			Size   int64  `json:"size"`
-			SHA256 string `json:"sha256"`
-		} `json:"files"`
+		Files   []ManifestFile `json:"files"`
 		Metrics map[string]any `json:"metrics"`
 	} `json:"weights_manifest"`
 	Error *struct {
@@ -443,4 +444,11 @@ func (s *Service) OperatorDestroy(ctx context.Context, stack string, env []strin
 		}
 	}
 	return all.String(), nil
+}
+
+// ManifestFile is one stored file as a job's status reports it.
+type ManifestFile struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
 }
