@@ -271,7 +271,7 @@ func assertNothingLeft(t *testing.T, s *servicetest.Service, fake *servicetest.F
 	if _, err := os.Stat(filepath.Join(s.Data, "keys", id)); !os.IsNotExist(err) {
 		t.Errorf("key dir of %s still exists (%v)", id, err)
 	}
-	if entries, _ := os.ReadDir(filepath.Join(s.Data, "workers")); len(entries) > 0 {
+	if entries, _ := os.ReadDir(s.Workers); len(entries) > 0 {
 		t.Errorf("worker dirs left: %v", entries)
 	}
 	if fake != nil {

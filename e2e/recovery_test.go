@@ -91,12 +91,12 @@ func TestRecoveryAfterLocalWorkerKilled(t *testing.T) {
 }
 
 // killWorker SIGKILLs every process of the service's local workers: their sshd's (whose
-// command lines name their config under <data>/workers) and what runs under them (which
+// command lines name their config under the workers dir) and what runs under them (which
 // carry the UNDERSTUDY_WORKER value), and returns how many.
 func killWorker(t *testing.T, s *servicetest.Service) int {
 	t.Helper()
-	marker := []byte("UNDERSTUDY_WORKER=" + s.Data)
-	workers := []byte(filepath.Join(s.Data, "workers") + "/")
+	marker := []byte("UNDERSTUDY_WORKER=" + s.Workers + "/")
+	workers := []byte(s.Workers + "/")
 	entries, _ := os.ReadDir("/proc")
 	n := 0
 	for _, en := range entries {

@@ -59,6 +59,9 @@ func (localDriver) Deploy(ctx *pulumi.Context, spec Spec) (Exports, error) {
 	if spec.Local.SSHDPath != "" {
 		args["sshdPath"] = pulumi.String(spec.Local.SSHDPath)
 	}
+	if spec.Local.User != "" {
+		args["runAs"] = pulumi.String(spec.Local.User)
+	}
 	var w localWorker
 	if err := ctx.RegisterResource(LocalWorkerType, "worker", args, &w, pulumi.Version(version.Version)); err != nil {
 		return Exports{}, fmt.Errorf("register local worker: %w", err)

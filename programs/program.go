@@ -74,6 +74,8 @@ type LocalConfig struct {
 	BaseDir string
 	// SSHDPath is the absolute path of the OpenSSH server; empty means /usr/sbin/sshd.
 	SSHDPath string
+	// User is the unprivileged user the jobs run as; empty means the provider's own user.
+	User string
 }
 
 // Standard tag keys, set by Tags on every tagged resource and on the stack.

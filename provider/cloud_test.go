@@ -19,6 +19,7 @@ import (
 	"github.com/understudy-ai/training-service/internal/fakecloud/fakecloudtest"
 	"github.com/understudy-ai/training-service/provider/cloudapi"
 	"github.com/understudy-ai/training-service/provider/runpod"
+	"github.com/understudy-ai/training-service/provider/sshd"
 )
 
 // The tests of the cloud resources run them against the in-process fake clouds, whose
@@ -133,11 +134,11 @@ func authorizedLine(k ssh.PublicKey) string {
 
 func loginUser(t *testing.T) string {
 	t.Helper()
-	u, err := currentUser()
+	u, _, _, _, err := sshd.RunAs("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return u
+	return u.Username
 }
 
 func podArgs(f *cloudFake, k keys, name string) RunPodPodArgs {

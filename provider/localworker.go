@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -40,6 +39,7 @@ type LocalWorkerArgs struct {
 	AuthorizedKey  string            `pulumi:"authorizedKey"`
 	BaseDir        string            `pulumi:"baseDir"`
 	SSHDPath       string            `pulumi:"sshdPath,optional"`
+	RunAs          string            `pulumi:"runAs,optional"`
 	Tags           map[string]string `pulumi:"tags,optional"`
 }
 
@@ -74,6 +74,8 @@ func (a *LocalWorkerArgs) Annotate(an infer.Annotator) {
 		"It and its parents must not be group- or world-writable (sshd StrictModes).")
 	an.Describe(&a.SSHDPath, "The absolute path of the OpenSSH server.")
 	an.SetDefault(&a.SSHDPath, DefaultSSHDPath)
+	an.Describe(&a.RunAs, "The unprivileged user the job's sessions run as; empty means the user the provider runs as. "+
+		"Another user needs the provider to run as root; root itself is refused.")
 	an.Describe(&a.Tags, "Labels of the job (train id, endpoint, version, ...); written to the worker's tags file.")
 }
 
@@ -81,7 +83,7 @@ func (a *LocalWorkerArgs) Annotate(an infer.Annotator) {
 func (s *LocalWorkerState) Annotate(a infer.Annotator) {
 	a.Describe(&s.Host, "The address sshd listens on.")
 	a.Describe(&s.Port, "The port sshd listens on.")
-	a.Describe(&s.User, "The user to log in as: the user the provider runs as.")
+	a.Describe(&s.User, "The user to log in as: runAs, or the user the provider runs as.")
 	a.Describe(&s.PID, "The process id of the worker's sshd.")
 	a.Describe(&s.Dir, "The worker's directory.")
 	a.Describe(&s.WorkDir, "The directory inside the worker directory where the job's files go.")
@@ -148,21 +150,13 @@ func checkArgs(in LocalWorkerArgs) (checkedArgs, error) {
 	} else if st.IsDir() || st.Mode()&0o111 == 0 {
 		return c, fmt.Errorf("sshdPath %q: not an executable file", in.SSHDPath)
 	}
+	if in.RunAs == "root" {
+		return c, errors.New("runAs: jobs never run as root; name an unprivileged user")
+	}
 	in.BaseDir = filepath.Clean(in.BaseDir)
 	c.LocalWorkerArgs = in
 	c.hostPub = signer.PublicKey()
 	return c, nil
-}
-
-func currentUser() (string, error) {
-	u, err := user.Current()
-	if err == nil && u.Username != "" {
-		return u.Username, nil
-	}
-	if name := os.Getenv("USER"); name != "" {
-		return name, nil
-	}
-	return "", fmt.Errorf("look up current user: %w", err)
 }
 
 // Create starts the job's sshd. A preview returns the inputs only. When the sshd cannot be
@@ -178,9 +172,12 @@ func (w *LocalWorker) Create(ctx context.Context, req infer.CreateRequest[LocalW
 	if req.DryRun {
 		return infer.CreateResponse[LocalWorkerState]{Output: state}, nil
 	}
-	userName, err := currentUser()
+	u, uid, gid, other, err := sshd.RunAs(in.RunAs)
 	if err != nil {
-		return infer.CreateResponse[LocalWorkerState]{}, err
+		return infer.CreateResponse[LocalWorkerState]{}, fmt.Errorf("runAs: %w", err)
+	}
+	if other && uid == 0 {
+		return infer.CreateResponse[LocalWorkerState]{}, errors.New("runAs: jobs never run as root; name an unprivileged user")
 	}
 	if err := os.MkdirAll(in.BaseDir, 0o700); err != nil {
 		return infer.CreateResponse[LocalWorkerState]{}, fmt.Errorf("create base dir: %w", err)
@@ -194,14 +191,15 @@ func (w *LocalWorker) Create(ctx context.Context, req infer.CreateRequest[LocalW
 	}
 	f := filesOf(dir)
 	state.Host = "127.0.0.1"
-	state.User = userName
+	state.User = u.Username
 	state.Dir = dir
 	state.WorkDir = f.workDir
 	state.HostPublicKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(in.hostPub)))
 	state.InstanceID = "local-" + filepath.Base(dir)
 	state.GPU = sshd.DetectGPU(ctx)
 
-	pid, port, err := startWorker(ctx, in, f)
+	owner := workOwner{uid: uid, gid: gid, other: other}
+	pid, port, err := startWorker(ctx, in, f, owner)
 	if err != nil {
 		if cleanupErr := removeWorker(context.WithoutCancel(ctx), f, pid); cleanupErr != nil {
 			state.PID = pid
@@ -222,9 +220,15 @@ func (w *LocalWorker) Create(ctx context.Context, req infer.CreateRequest[LocalW
 
 // startWorker writes the worker's files and starts its sshd on a free port. It returns the
 // sshd's pid (0 when none was found) and port.
-func startWorker(ctx context.Context, in checkedArgs, f workerFiles) (pid, port int, err error) {
+func startWorker(ctx context.Context, in checkedArgs, f workerFiles, owner workOwner) (pid, port int, err error) {
 	if err := os.MkdirAll(f.workDir, 0o700); err != nil {
 		return 0, 0, fmt.Errorf("create work dir: %w", err)
+	}
+	if owner.other {
+		// The job's user owns its work dir and nothing else of the worker's.
+		if err := os.Chown(f.workDir, owner.uid, owner.gid); err != nil {
+			return 0, 0, fmt.Errorf("give the work dir to the job's user: %w", err)
+		}
 	}
 	if err := writeTags(f.tags, in.Tags); err != nil {
 		return 0, 0, fmt.Errorf("write tags: %w", err)
@@ -235,7 +239,14 @@ func startWorker(ctx context.Context, in checkedArgs, f workerFiles) (pid, port 
 		AuthorizedKeys: []string{in.AuthorizedKey},
 		Tag:            WorkerEnv + "=" + f.Dir,
 		Comment:        "sshd for one Understudy local worker; written by the understudy provider.",
+		User:           in.RunAs,
 	})
+}
+
+// workOwner is the user the job's sessions run as, when it is another than the provider's.
+type workOwner struct {
+	uid, gid int
+	other    bool
 }
 
 // writeTags records the job's labels beside the worker, so that an operator looking at a
@@ -268,6 +279,7 @@ func (w *LocalWorker) Diff(ctx context.Context, req infer.DiffRequest[LocalWorke
 		"authorizedKey":  olds.AuthorizedKey != news.AuthorizedKey,
 		"baseDir":        olds.BaseDir != news.BaseDir,
 		"sshdPath":       olds.SSHDPath != news.SSHDPath,
+		"runAs":          olds.RunAs != news.RunAs,
 		"tags":           !maps.Equal(olds.Tags, news.Tags),
 	}
 	resp := infer.DiffResponse{DetailedDiff: map[string]p.PropertyDiff{}}

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/understudy-ai/training-service/internal/sysuser"
 	"github.com/understudy-ai/training-service/internal/testenv"
 
 	"github.com/pkg/sftp"
@@ -147,10 +148,11 @@ func TestLocalWorkerLifecycle(t *testing.T) {
 
 	resp := createWorker(t, ctx, args)
 	s := resp.Output
-	wantUser, err := currentUser()
+	me, _, _, _, err := sshd.RunAs("")
 	if err != nil {
 		t.Fatal(err)
 	}
+	wantUser := me.Username
 	if resp.ID == "" || resp.ID != s.InstanceID {
 		t.Errorf("ID = %q, instanceId = %q; want equal and non-empty", resp.ID, s.InstanceID)
 	}
@@ -383,6 +385,8 @@ func TestLocalWorkerCreateRejectsBadInputs(t *testing.T) {
 		"relative base dir":    func(a *LocalWorkerArgs) { a.BaseDir = "workers" },
 		"relative sshd path":   func(a *LocalWorkerArgs) { a.SSHDPath = "sshd" },
 		"missing sshd":         func(a *LocalWorkerArgs) { a.SSHDPath = "/nonexistent/sshd" },
+		"run as root":          func(a *LocalWorkerArgs) { a.RunAs = "root" },
+		"run as unknown user":  func(a *LocalWorkerArgs) { a.RunAs = "no-such-user-understudy" },
 		"world-writable base": func(a *LocalWorkerArgs) {
 			a.BaseDir = filepath.Join(a.BaseDir, "open")
 			if err := os.Mkdir(a.BaseDir, 0o777); err != nil {
@@ -510,5 +514,69 @@ func TestKillTaggedEndsOnlyTaggedProcesses(t *testing.T) {
 		if sshd.ProcessGone(c.Process.Pid) {
 			t.Errorf("process %d without the exact tag was ended", c.Process.Pid)
 		}
+	}
+}
+
+// A worker whose jobs run as another user: started by root, its sessions run as that user,
+// who writes the work dir and reads nothing else of the worker (host key, config, log).
+func TestLocalWorkerRunsAsAnotherUser(t *testing.T) {
+	requireSSHD(t)
+	testenv.RequireRoot(t, "a worker whose sessions run as another user")
+	ctx := t.Context()
+	u, err := sysuser.Ensure(ctx, sysuser.DefaultWorker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Root's own cache dir is closed to the user: the base dir goes where it can pass.
+	if err := os.MkdirAll("/var/lib/understudy-test", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base, err := os.MkdirTemp("/var/lib/understudy-test", "provider-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	k := newKeys(t)
+	args := LocalWorkerArgs{TrainID: "tr-run-as", HostPrivateKey: k.hostPEM, AuthorizedKey: k.authorized, BaseDir: base, RunAs: u.Username}
+	resp := createWorker(t, ctx, args)
+	s := resp.Output
+	if s.User != u.Username {
+		t.Fatalf("user = %q, want %q", s.User, u.Username)
+	}
+	c, err := dialWorker(ctx, s, k.userSigner, k.hostPub)
+	if err != nil {
+		t.Fatalf("dial worker: %v", err)
+	}
+	defer c.Close()
+	// The user has no home (sshd says so on stderr): read stdout alone.
+	stdout := func(cmd string) string {
+		sess, err := c.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		out, err := sess.Output(cmd)
+		if err != nil {
+			t.Fatalf("run %q: %v", cmd, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got := stdout("id -u"); got != u.Uid {
+		t.Errorf("session uid = %s, want %s", got, u.Uid)
+	}
+	if got := stdout("cd " + s.WorkDir + " && echo hi > x && cat x"); got != "hi" {
+		t.Errorf("work dir write/read = %q", got)
+	}
+	f := filesOf(s.Dir)
+	for _, name := range []string{f.HostKey, f.Config, f.Log, f.tags, s.Dir + "/."} {
+		if out := stdout("cat " + name + " >/dev/null 2>&1 && echo readable || echo refused"); out != "refused" {
+			t.Errorf("the job's user reads %s", name)
+		}
+	}
+	if out := stdout("ls " + s.Dir + " >/dev/null 2>&1 && echo listed || echo refused"); out != "refused" {
+		t.Errorf("the job's user lists the worker dir")
 	}
 }

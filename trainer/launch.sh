@@ -7,6 +7,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
 [ -f job.env ] && . ./job.env
+# A job's user may have no home of its own (the local provider's unprivileged user): the
+# caches of Python, PyTorch and Hugging Face then go to the job directory.
+if [ -z "${HOME:-}" ] || [ ! -d "$HOME" ] || [ ! -w "$HOME" ]; then
+  mkdir -p home && HOME=$PWD/home && export HOME
+fi
 
 emit_error() {
   printf '{"v":1,"event":"error","time":%s,"code":"%s","message":"%s"}\n' "$(date +%s.%N)" "$1" "$2"

@@ -9,15 +9,12 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/understudy-ai/training-service/provider/sshd"
 )
 
 // lockName is the file in the data dir that one serve process holds locked.
 const lockName = "serve.lock"
 
-// prepareDataDir makes the data dir owner-only, refuses one the local provider's sshd could
-// not use, and takes the data dir's lock: two serve processes on one data dir would both
+// prepareDataDir makes the data dir owner-only and takes the data dir's lock: two serve processes on one data dir would both
 // resume and drive the same jobs. The lock is held until release is called (or the process
 // ends: the kernel drops a dead process's lock, so a crash never leaves it stuck).
 func prepareDataDir(dir string, log *slog.Logger) (release func(), err error) {
@@ -35,13 +32,6 @@ func prepareDataDir(dir string, log *slog.Logger) (release func(), err error) {
 		}
 		log.Warn("made the data dir owner-only", "data_dir", dir, "was", perm.String())
 	}
-	// The local provider runs a per-job sshd on files under the data dir; with StrictModes
-	// it refuses them when a directory above is group- or world-writable (such as /tmp).
-	if err := sshd.CheckSafePath(dir); err != nil {
-		return nil, fmt.Errorf("data dir %s cannot hold the local provider's machines: %w; "+
-			"choose a directory whose parents are owned by you or root and not group- or world-writable (not under /tmp)", dir, err)
-	}
-
 	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open data dir lock: %w", err)

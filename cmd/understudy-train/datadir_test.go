@@ -38,7 +38,7 @@ func TestDataDirIsMadeOwnerOnlyAndLocked(t *testing.T) {
 	release()
 }
 
-func TestDataDirUnderAWorldWritableDirIsRefused(t *testing.T) {
+func TestWorkersDirUnderAWorldWritableDirIsRefused(t *testing.T) {
 	open := filepath.Join(testenv.SSHDDir(t, "datadir-"), "shared")
 	if err := os.Mkdir(open, 0o777); err != nil {
 		t.Fatal(err)
@@ -46,7 +46,7 @@ func TestDataDirUnderAWorldWritableDirIsRefused(t *testing.T) {
 	if err := os.Chmod(open, 0o1777); err != nil { // as /tmp is
 		t.Fatal(err)
 	}
-	_, err := prepareDataDir(filepath.Join(open, "data"), slog.New(slog.DiscardHandler))
+	err := makeWorkersDir(filepath.Join(open, "workers"), false)
 	if err == nil || !strings.Contains(err.Error(), open) || !strings.Contains(err.Error(), "not under /tmp") {
 		t.Fatalf("err = %v, want a refusal naming %s", err, open)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/understudy-ai/training-service/api"
 	"github.com/understudy-ai/training-service/dataset"
+	"github.com/understudy-ai/training-service/internal/sysuser"
 	"github.com/understudy-ai/training-service/lifecycle"
 	"github.com/understudy-ai/training-service/programs"
 	"github.com/understudy-ai/training-service/provider/cloudapi"
@@ -38,10 +39,14 @@ type Config struct {
 	PulumiBin     string
 	PluginBin     string
 	LocalPython   string
-	RuntimeDir    string
-	LogFormat     string
-	LogLevel      string
-	MachineLease  time.Duration
+	// LocalUser is the user local jobs run as; LocalWorkersDir where their workers live
+	// (local.go decides the defaults).
+	LocalUser       string
+	LocalWorkersDir string
+	RuntimeDir      string
+	LogFormat       string
+	LogLevel        string
+	MachineLease    time.Duration
 	// Limits bound what a client may make the service read, hold or run (limits.go).
 	Limits Limits
 	// MaxHourlySpend caps the hourly prices of the machines held at once (USD; 0: no cap);
@@ -115,6 +120,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.PulumiBin, "pulumi", os.Getenv("UNDERSTUDY_PULUMI"), "Pulumi CLI (default: pulumi next to this binary, else PATH)")
 	fs.StringVar(&cfg.PluginBin, "provider-plugin", os.Getenv("UNDERSTUDY_PROVIDER_PLUGIN"), "pulumi-resource-understudy (default: next to this binary)")
 	fs.StringVar(&cfg.LocalPython, "local-python", os.Getenv("UNDERSTUDY_LOCAL_PYTHON"), "Python interpreter for jobs on the local provider (default: bootstrap one)")
+	fs.StringVar(&cfg.LocalUser, "local-user", os.Getenv("UNDERSTUDY_LOCAL_USER"), "unprivileged user local jobs run as (default, as root: "+sysuser.DefaultWorker+", created when missing; otherwise this service's own user)")
+	fs.StringVar(&cfg.LocalWorkersDir, "local-workers-dir", os.Getenv("UNDERSTUDY_LOCAL_WORKERS_DIR"), "directory of the local jobs' machines (default: <data-dir>/workers, or "+defaultWorkersParent+"/workers-<hash> when jobs run as another user)")
 	fs.StringVar(&cfg.RuntimeDir, "runtime-dir", os.Getenv("UNDERSTUDY_RUNTIME_DIR"), "ship the training runtime from this directory instead of the embedded one (development)")
 	fs.StringVar(&cfg.LogFormat, "log-format", envOr("UNDERSTUDY_LOG_FORMAT", "text"), "text or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", envOr("UNDERSTUDY_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -229,7 +236,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		runtime = os.DirFS(cfg.RuntimeDir)
 		log.Warn("shipping a runtime from a directory instead of the embedded one", "dir", cfg.RuntimeDir)
 	}
-	provs.programs.Local = programs.LocalConfig{BaseDir: filepath.Join(dataDir, "workers")}
+	local, err := configureLocal(ctx, cfg, dataDir, log)
+	if err != nil {
+		return err
+	}
+	provs.programs.Local = local.Config
+	if local.NotReady != "" {
+		provs.programs.NotConfigured["local"] = local.NotReady
+		provs.status["local"] = "not configured: " + local.NotReady
+	}
 	prov := lifecycle.NewStackProvisioner(mgr, provs.programs)
 	inventories := map[string]lifecycle.Inventory{}
 	if provs.runpod != nil {

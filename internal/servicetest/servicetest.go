@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -74,6 +75,12 @@ type Service struct {
 	// without local datasets (models).
 	DatasetRoots []string
 	ModelRoots   []string
+	// Workers is the local provider's workers dir (--local-workers-dir): outside the data
+	// dir when the service runs as root, since its jobs then run as an unprivileged user
+	// the data dir is closed to.
+	Workers string
+	// User, when set, is the unprivileged user the service runs as (NewAs).
+	User *user.User
 
 	t      testing.TB
 	bin    string
@@ -125,14 +132,61 @@ func New(t testing.TB, bin, python string) *Service {
 	s := &Service{t: t, bin: bin, python: python, Data: data, Token: "test-token-" + strconv.Itoa(os.Getpid()),
 		// t.TempDir's directories share one parent per test.
 		DatasetRoots: []string{datasetsRoot(t), filepath.Dir(t.TempDir()), filepath.Join(repoRoot(), "examples")},
-		ModelRoots:   []string{filepath.Dir(envOr("UNDERSTUDY_TINY_MODEL", filepath.Join(repoRoot(), "build", "tiny-gpt2")))}}
+		ModelRoots:   []string{tinyModelRoot()},
+		Workers:      filepath.Join(data, "workers")}
+	if os.Geteuid() == 0 {
+		s.Workers = filepath.Join(SharedParent(t), "workers-"+filepath.Base(data))
+	}
 	// Registered before anything starts: end every process of this data dir, by pid, then
 	// remove it.
 	t.Cleanup(func() {
 		s.cleanup()
 		os.RemoveAll(data)
+		os.RemoveAll(s.Workers)
 	})
 	return s
+}
+
+// NewAs prepares a service that runs as the unprivileged user u (the caller is root): its
+// data dir is u's, under SharedParent, and its local jobs run as u too. It is given no
+// dataset root (send inline pairs) and the tiny model's parent as its model root.
+func NewAs(t testing.TB, bin, python string, u *user.User) *Service {
+	t.Helper()
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	data, err := os.MkdirTemp(SharedParent(t), "data-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(data, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	s := &Service{t: t, bin: bin, python: python, Data: data, Token: "test-token-" + strconv.Itoa(os.Getpid()),
+		ModelRoots: []string{tinyModelRoot()}, Workers: filepath.Join(data, "workers"), User: u}
+	t.Cleanup(func() {
+		s.cleanup()
+		os.RemoveAll(data)
+	})
+	return s
+}
+
+// SharedParent is a directory every user can traverse (root's, 0755, not under /tmp so
+// that sshd's StrictModes accepts what is below it) for data and workers dirs of services
+// whose jobs run as another user than the test.
+func SharedParent(t testing.TB) string {
+	t.Helper()
+	const dir = "/var/lib/understudy-test"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func tinyModelRoot() string {
+	return filepath.Dir(envOr("UNDERSTUDY_TINY_MODEL", filepath.Join(repoRoot(), "build", "tiny-gpt2")))
 }
 
 func freePort(t testing.TB) string {
@@ -150,7 +204,7 @@ func (s *Service) Start() {
 		s.Addr = freePort(s.t)
 	}
 	s.log = &bytes.Buffer{}
-	args := append([]string{"serve", "--listen", s.Addr, "--data-dir", s.Data}, s.Args...)
+	args := append([]string{"serve", "--listen", s.Addr, "--data-dir", s.Data, "--local-workers-dir", s.Workers}, s.Args...)
 	if s.BackendURL != "" {
 		args = append(args, "--backend-url", s.BackendURL)
 	}
@@ -162,6 +216,13 @@ func (s *Service) Start() {
 	}
 	cmd := exec.Command(filepath.Join(s.bin, "understudy-train"), args...)
 	cmd.Env = append(append(os.Environ(), "UNDERSTUDY_API_TOKEN="+s.Token, "UNDERSTUDY_LOCAL_PYTHON="+s.python), s.Env...)
+	if s.User != nil {
+		uid, _ := strconv.Atoi(s.User.Uid)
+		gid, _ := strconv.Atoi(s.User.Gid)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+		cmd.Env = append(cmd.Env, "HOME="+s.Data, "USER="+s.User.Username, "LOGNAME="+s.User.Username)
+		cmd.Dir = s.Data
+	}
 	cmd.Stdout = s.log
 	cmd.Stderr = s.log
 	if err := cmd.Start(); err != nil {
@@ -236,7 +297,8 @@ func (s *Service) Processes() []int {
 		}
 		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		environ, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if bytes.Contains(cmdline, []byte(s.Data)) || bytes.Contains(environ, []byte("UNDERSTUDY_WORKER="+s.Data)) ||
+		if bytes.Contains(cmdline, []byte(s.Data)) || bytes.Contains(cmdline, []byte(s.Workers+"/")) ||
+			bytes.Contains(environ, []byte("UNDERSTUDY_WORKER="+s.Workers+"/")) ||
 			bytes.Contains(environ, []byte("UNDERSTUDY_FAKE_MACHINE="+s.Data)) {
 			out = append(out, pid)
 		}

@@ -27,14 +27,19 @@ func Missing(t testing.TB, why string) {
 }
 
 // RequireSSHD is for tests that start real OpenSSH sshd's which log in as the current
-// user: that needs the server installed and, here, root.
+// user: that needs the server installed and an account it accepts (not locked).
 func RequireSSHD(t testing.TB) {
 	t.Helper()
 	if _, err := os.Stat(sshd.DefaultPath); err != nil {
 		Missing(t, fmt.Sprintf("OpenSSH server not installed at %s (apt-get install openssh-server): %v", sshd.DefaultPath, err))
 	}
+}
+
+// RequireRoot is for tests that act as root: create users, run processes as them.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
-		Missing(t, "an sshd that logs in as the current user needs root here")
+		Missing(t, why+" needs root")
 	}
 }
 

@@ -71,6 +71,30 @@ type Config struct {
 	ListenAddress string
 	// Port is the port to listen on; 0 means a free one chosen by the kernel.
 	Port int
+	// User is the one user who may log in, whom the sessions run as; empty means the user
+	// the server runs as. Another user needs a server started by root: then the authorized
+	// keys are made readable to that user (sshd reads them as the user) and f.Dir
+	// traversable but not listable, while the host key stays the server's alone.
+	User string
+}
+
+// RunAs resolves a Config.User: the user's name, ids and whether it is another user than the
+// one this process runs as.
+func RunAs(name string) (u *user.User, uid, gid int, other bool, err error) {
+	if name == "" {
+		if u, err = user.Current(); err != nil {
+			return nil, 0, 0, false, fmt.Errorf("look up current user: %w", err)
+		}
+	} else if u, err = user.Lookup(name); err != nil {
+		return nil, 0, 0, false, fmt.Errorf("look up user %q: %w", name, err)
+	}
+	if uid, err = strconv.Atoi(u.Uid); err != nil {
+		return nil, 0, 0, false, fmt.Errorf("user %q: uid %q", u.Username, u.Uid)
+	}
+	if gid, err = strconv.Atoi(u.Gid); err != nil {
+		return nil, 0, 0, false, fmt.Errorf("user %q: gid %q", u.Username, u.Gid)
+	}
+	return u, uid, gid, uid != os.Geteuid(), nil
 }
 
 // Start writes the server's files into f.Dir (which must exist, be owner-only and accepted
@@ -85,6 +109,26 @@ func Start(ctx context.Context, f Files, cfg Config) (pid, port int, err error) 
 	if err != nil {
 		return 0, 0, fmt.Errorf("parse host key: %w", err)
 	}
+	u, _, _, other, err := RunAs(cfg.User)
+	if err != nil {
+		return 0, 0, err
+	}
+	if strings.ContainsAny(u.Username, " \t\n*?!,\"") {
+		return 0, 0, fmt.Errorf("user %q: a name sshd's AllowUsers cannot hold", u.Username)
+	}
+	keysMode := os.FileMode(0o600)
+	if other {
+		if os.Geteuid() != 0 {
+			return 0, 0, fmt.Errorf("sessions as user %q need a server started by root", u.Username)
+		}
+		// The user reads the (public) authorized keys through the directory; it may not
+		// list the directory or read anything else in it.
+		keysMode = 0o644
+		if err := os.Chmod(f.Dir, 0o711); err != nil {
+			return 0, 0, fmt.Errorf("machine dir: %w", err)
+		}
+	}
+	cfg.User = u.Username
 	if err := writeFileExclusive(f.HostKey, []byte(strings.TrimSpace(cfg.HostPrivateKey)+"\n"), 0o600); err != nil {
 		return 0, 0, fmt.Errorf("write host key: %w", err)
 	}
@@ -94,11 +138,14 @@ func Start(ctx context.Context, f Files, cfg Config) (pid, port int, err error) 
 			keys.WriteString(k + "\n")
 		}
 	}
-	if err := writeFileExclusive(f.AuthorizedKeys, []byte(keys.String()), 0o600); err != nil {
+	if err := writeFileExclusive(f.AuthorizedKeys, []byte(keys.String()), keysMode); err != nil {
 		return 0, 0, fmt.Errorf("write authorized keys: %w", err)
 	}
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-		return 0, 0, fmt.Errorf("create sshd privilege separation dir: %w", err)
+	// Only a server started by root separates privileges, into /run/sshd.
+	if os.Geteuid() == 0 {
+		if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+			return 0, 0, fmt.Errorf("create sshd privilege separation dir: %w", err)
+		}
 	}
 	if cfg.ListenAddress == "" {
 		cfg.ListenAddress = "127.0.0.1"
@@ -151,9 +198,7 @@ func configText(f Files, cfg Config, port int) string {
 	line("X11Forwarding no")
 	line("PermitTunnel no")
 	line("PermitUserEnvironment no")
-	if u := allowedUser(); u != "" {
-		line("AllowUsers %s", u)
-	}
+	line("AllowUsers %s", cfg.User)
 	line("MaxAuthTries 3")
 	line("LoginGraceTime 30")
 	line("ClientAliveInterval 15")
@@ -162,16 +207,6 @@ func configText(f Files, cfg Config, port int) string {
 		line("SetEnv %s", cfg.Tag)
 	}
 	return b.String()
-}
-
-// allowedUser is the one user the server lets log in: the user it runs as, whom the
-// machine's processes run as.
-func allowedUser() string {
-	u, err := user.Current()
-	if err != nil || strings.ContainsAny(u.Username, " \t\n*?!,") {
-		return ""
-	}
-	return u.Username
 }
 
 // WriteFileExclusive creates name with data and perm; it fails when name exists.
