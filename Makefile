@@ -15,10 +15,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './build/*' 2>/dev/null) go.mod go.sum
 RUNTIME_SOURCES := $(shell find trainer -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: stacks destroy-stack plugin binaries build deps pyenv tiny-model test test-go test-python demo bench bench-go bench-train clean lint emulators
+.PHONY: stacks destroy-stack plugin binaries build deps pyenv tiny-model test test-go test-python demo bench bench-go bench-train bench-smoke bench-gpu clean lint emulators
 
 ## deps: Debian packages the service and its tests use (OpenSSH server and clients, curl;
-## Node.js and npm for the Azure Storage emulator).
+## Node.js and npm for the Azure Storage emulator; iproute2's ip and tc for the WAN download
+## benchmark).
 deps:
 	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v curl >/dev/null || ! command -v sftp >/dev/null; then \
 	  echo "installing openssh-server, openssh-client, curl"; \
@@ -27,6 +28,10 @@ deps:
 	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
 	  echo "installing nodejs, npm"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
+	@if ! PATH="$$PATH:/usr/sbin:/sbin" command -v ip >/dev/null || ! PATH="$$PATH:/usr/sbin:/sbin" command -v tc >/dev/null; then \
+	  echo "installing iproute2"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq iproute2 >/dev/null; \
 	fi
 
 ## build: the service, the pinned Pulumi CLI and the in-repo provider plugin in bin/, and the
@@ -77,7 +82,8 @@ test: deps build pyenv emulators build/tiny-gpt2/config.json
 
 test-go:
 	UNDERSTUDY_BIN=$(BIN) UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) UNDERSTUDY_TINY_MODEL=$(CURDIR)/build/tiny-gpt2 \
-	  UNDERSTUDY_EMULATORS=$$($(CURDIR)/scripts/emulators.sh) UNDERSTUDY_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 30m ./...
+	  UNDERSTUDY_EMULATORS=$$($(CURDIR)/scripts/emulators.sh) \
+	  UNDERSTUDY_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 30m ./...
 
 test-python:
 	$(PYTHON) -m pytest -q trainer/tests
@@ -88,16 +94,37 @@ PROVIDER ?= local
 demo: deps build pyenv build/tiny-gpt2/config.json
 	UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) PROVIDER=$(PROVIDER) scripts/demo.sh
 
-## bench: control-plane overhead, weight download and concurrency benchmarks.
+## bench: control-plane overhead, weight download (loopback, and a WAN emulated with a network
+## namespace and tc netem: needs root and a kernel with sch_netem, and fails where either is
+## missing; UNDERSTUDY_WAN_DELAY=proxy emulates the delay in user space instead) and
+## concurrency benchmarks.
 bench: deps build pyenv build/tiny-gpt2/config.json bench-go
 
 bench-go:
 	UNDERSTUDY_BIN=$(BIN) UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) UNDERSTUDY_TINY_MODEL=$(CURDIR)/build/tiny-gpt2 \
-	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./sshrunner/ ./bench/
+	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 90m ./sshrunner/ ./bench/
 
-## bench-train: training runtime throughput vs a plain Hugging Face Trainer baseline.
-bench-train: pyenv build/tiny-gpt2/config.json
-	$(PYTHON) trainer/bench/bench_train.py
+# The training benchmarks run in their own environment (scripts/benchenv.sh): the runtime's
+# pins plus TRL, cached outside the clone, never mixed into the runtime's environment.
+BENCH_PYTHON = $$($(CURDIR)/scripts/benchenv.sh)/bin/python
+
+## bench-train: training throughput on this machine's CPU (tiny model): the runtime vs the
+## Hugging Face Trainer and TRL SFTTrainer peers, median of 5 interleaved runs, and the
+## packed-vs-alone and recompile checks.
+bench-train:
+	$(BENCH_PYTHON) trainer/bench/bench_train.py --mode cpu
+
+## bench-smoke: the training benchmark's smoke test with all three contenders (TRL too), in
+## the benchmark environment. (`make test` runs it without TRL, in the runtime's environment.)
+bench-smoke:
+	UNDERSTUDY_BENCH_ENV=1 $(BENCH_PYTHON) -m pytest -q trainer/tests/test_bench_smoke.py
+
+## bench-gpu: on one GPU, the runtime vs both peers on a random-init 124M GPT-2 at seq 1024
+## (tokens/s, MFU, median of 5 interleaved runs) and both checks in bf16; estimated at 6-7
+## minutes on an H200 (not yet run on one). Results also in build/bench-gpu.json.
+bench-gpu:
+	@mkdir -p build
+	$(BENCH_PYTHON) trainer/bench/bench_train.py --mode gpu --json build/bench-gpu.json
 
 ## plugin: install the provider plugin into DATA_DIR's PULUMI_HOME (for operators' CLI too).
 plugin: binaries

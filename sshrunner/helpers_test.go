@@ -76,10 +76,12 @@ func waitFile(t testing.TB, name string) {
 }
 
 // proxy forwards TCP connections to a target and can cut them all, to simulate a network
-// failure under an SSH connection.
+// failure under an SSH connection; with a delay, it holds every byte that long in each
+// direction, to simulate a long network path.
 type proxy struct {
 	l      net.Listener
 	target string
+	delay  time.Duration
 
 	mu     sync.Mutex
 	conns  []net.Conn
@@ -89,11 +91,16 @@ type proxy struct {
 
 func startProxy(t testing.TB, target string) *proxy {
 	t.Helper()
+	return startDelayProxy(t, target, 0)
+}
+
+func startDelayProxy(t testing.TB, target string, delay time.Duration) *proxy {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{l: l, target: target}
+	p := &proxy{l: l, target: target, delay: delay}
 	t.Cleanup(p.close)
 	p.wg.Add(1)
 	go p.serve()
@@ -118,6 +125,11 @@ func (p *proxy) serve() {
 		p.conns = append(p.conns, c, u)
 		p.mu.Unlock()
 		p.wg.Add(2)
+		if p.delay > 0 {
+			go func() { defer p.wg.Done(); p.delayed(u, c) }()
+			go func() { defer p.wg.Done(); p.delayed(c, u) }()
+			continue
+		}
 		go func() { defer p.wg.Done(); p.copy(u, c); u.Close() }()
 		go func() { defer p.wg.Done(); p.copy(c, u); c.Close() }()
 	}
@@ -139,6 +151,49 @@ func (p *proxy) copy(dst io.Writer, src io.Reader) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// delayed copies src to dst, each read delivered p.delay after it arrived: a user-space
+// stand-in for netem's delay. Reads queue up (bounded) while earlier ones wait, so the delay
+// is not added per read.
+func (p *proxy) delayed(dst, src net.Conn) {
+	type chunk struct {
+		due  time.Time
+		data []byte
+	}
+	queue := make(chan chunk, 1<<14)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(queue)
+		for {
+			buf := make([]byte, 64<<10)
+			n, err := src.Read(buf)
+			if n > 0 {
+				queue <- chunk{time.Now().Add(p.delay), buf[:n]}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for c := range queue {
+		if d := time.Until(c.due); d > 0 {
+			time.Sleep(d)
+		}
+		if _, err := dst.Write(c.data); err != nil {
+			src.Close()
+			// Drain, so that the reader is never left blocked on a full queue.
+			for range queue {
+			}
+			return
+		}
+	}
+	if tc, ok := dst.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	} else {
+		dst.Close()
 	}
 }
 

@@ -144,3 +144,95 @@ def test_sample_pairs_json_is_one_record_per_line():
     with open(SAMPLE, encoding="utf-8") as f:
         for line in f:
             assert set(json.loads(line)) == {"prompt", "response"}
+
+
+
+EOT = "<|endoftext|>"
+TURNS = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}<|endoftext|>{% endfor %}"
+         "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+def text_ids(tok, text):
+    """Ids of text with special-token strings taken as ordinary text."""
+    return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def with_template(tokenizer, tmp_path, template, slow=False):
+    from transformers import AutoTokenizer, GPT2Tokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    tok = GPT2Tokenizer.from_pretrained(tmp_path) if slow else AutoTokenizer.from_pretrained(tmp_path)
+    tok.chat_template = template
+    return tok
+
+
+def test_special_token_text_in_plain_data_stays_text(tokenizer):
+    f = data.Formatter(tokenizer)
+    eos = tokenizer.eos_token_id
+    q1, a1, q2 = f"What does {EOT} mean?", "A marker.", EOT
+    msgs = [{"role": "user", "content": q1}, {"role": "assistant", "content": a1}, {"role": "user", "content": q2}]
+    response = f"It ends a document:{EOT} and then"
+    p, r = f.encode(data.Pair(1, msgs, response))
+    assert len(text_ids(tokenizer, EOT)) > 1 and eos not in text_ids(tokenizer, EOT)
+    assert p == text_ids(tokenizer, q1) + [eos] + text_ids(tokenizer, a1) + [eos] + text_ids(tokenizer, q2) + [eos]
+    assert r == text_ids(tokenizer, response) + [eos]
+    assert p.count(eos) == 3 and r.count(eos) == 1  # only the turn ends the formatter writes
+    assert tokenizer.decode(r) == response + EOT
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["fast", "slow"])
+def test_special_token_text_in_chat_data_stays_text(tokenizer, tmp_path, slow):
+    tok = with_template(tokenizer, tmp_path, TURNS, slow=slow)
+    assert tok.is_fast is not slow
+    f = data.Formatter(tok)
+    assert f.use_template
+    eos = tok.eos_token_id
+    msgs = [{"role": "user", "content": f"Say {EOT} please"}]
+    response = f"Here:{EOT} done."
+    p, r = f.encode(data.Pair(1, msgs, response))
+    # The template's own end of turn stays the eos token; the user's "<|endoftext|>" is text.
+    assert p == ids(tok, "[user] Say ") + text_ids(tok, EOT) + ids(tok, " please") + [eos] + ids(tok, "[assistant] ")
+    assert r == ids(tok, "Here:") + text_ids(tok, EOT) + ids(tok, " done.") + [eos]
+    assert tok.decode(p) == f"[user] Say {EOT} please{EOT}[assistant] "
+    assert tok.decode(r) == response + EOT
+
+
+def test_chat_data_without_special_text_is_tokenized_as_the_template_does(tokenizer, tmp_path):
+    tok = with_template(tokenizer, tmp_path, TURNS)
+    f = data.Formatter(tok)
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello < | > there"},
+            {"role": "user", "content": "bye"}]
+    assert f.prompt_ids(msgs) == list(tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True))
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["fast", "slow"])
+def test_special_token_text_next_to_template_tokens_and_trimmed_content(tokenizer, tmp_path, slow):
+    template = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] | trim }}<|endoftext|>"
+                "{% endfor %}{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}")
+    tok = with_template(tokenizer, tmp_path, template, slow=slow)
+    f = data.Formatter(tok)
+    eos = tok.eos_token_id
+    msgs = [{"role": "system", "content": f"  {EOT}  "}, {"role": "user", "content": f" hi {EOT}\n"},
+            {"role": "assistant", "content": "ok"}, {"role": "user", "content": EOT}]
+    p = f.prompt_ids(msgs)
+    assert p.count(eos) == 2 * len(msgs) + 1  # the template's, and none of the content's
+    assert tok.decode(p) == (f"{EOT}system\n{EOT}{EOT}{EOT}user\nhi {EOT}{EOT}{EOT}assistant\nok{EOT}"
+                             f"{EOT}user\n{EOT}{EOT}{EOT}assistant\n")
+    eos_at = [i for i, t in enumerate(p) if t == eos]
+    assert eos_at[0] == 0 and eos_at[-1] == len(p) - 1 - len(ids(tok, "assistant\n"))
+    r = f.response_ids(msgs, f"{EOT} sure {EOT}")
+    assert r.count(eos) == 1 and r[-1] == eos
+    assert tok.decode(r) == f"{EOT} sure {EOT}{EOT}"
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["fast", "slow"])
+def test_special_token_text_stays_text_when_the_template_rewrites_content(tokenizer, tmp_path, slow):
+    template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] | replace('a', 'A') }}<|endoftext|>"
+                "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+    tok = with_template(tokenizer, tmp_path, template, slow=slow)
+    f = data.Formatter(tok)
+    eos = tok.eos_token_id
+    p, r = f.encode(data.Pair(1, [{"role": "user", "content": f"a {EOT} b"}], f"ok {EOT} bye"))
+    assert p.count(eos) == 1 and p[-len(ids(tok, "[assistant] ")) - 1] == eos
+    assert r.count(eos) == 1 and r[-1] == eos
+

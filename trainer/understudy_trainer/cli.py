@@ -19,6 +19,13 @@ from . import hparams, progress
 from .errors import EXIT_FAILED, EXIT_OK, INTERNAL, INVALID_HYPERPARAMETERS, OUT_OF_MEMORY, BadInput, TrainerError
 
 EXIT_FILE_ENV = "UNDERSTUDY_EXIT_FILE"
+# Processes per machine: default one per GPU; set, it runs that many (gloo on the CPU with
+# --device cpu: how the multi-process paths are tested without GPUs).
+NPROC_ENV = "UNDERSTUDY_NPROC"
+# How long a rank waits in a collective for the others (rank 0 writing a large
+# checkpoint, a slower share of the held-out generations) before the run fails.
+DIST_TIMEOUT_ENV = "UNDERSTUDY_DIST_TIMEOUT_SECONDS"
+DEFAULT_DIST_TIMEOUT = 1800
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,7 +101,7 @@ def run(argv, stdout, install_signals=True):
         args = _parser().parse_args(argv)
         opts = options_from_args(args)
         if dist.world > 1:
-            _init_distributed(dist)
+            _init_distributed(dist, opts.device)
         from .train import Run
 
         Run(opts, emitter, stop, dist).run()
@@ -127,11 +134,20 @@ def _report(emitter, code, message):
         traceback.print_exc(file=sys.stderr)
 
 
-def _init_distributed(dist):
+def _init_distributed(dist, device):
+    """Joins the run's process group: NCCL on GPUs (plus a gloo group for the host-side
+    agreements of each step), gloo on the CPU; both with an explicit timeout."""
+    from datetime import timedelta
+
     import torch
 
-    torch.cuda.set_device(dist.local_rank)
-    torch.distributed.init_process_group("nccl")
+    timeout = timedelta(seconds=float(os.environ.get(DIST_TIMEOUT_ENV) or DEFAULT_DIST_TIMEOUT))
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(dist.local_rank)
+        torch.distributed.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", dist.local_rank))
+        dist.control = torch.distributed.new_group(backend="gloo", timeout=timeout)
+    else:
+        torch.distributed.init_process_group("gloo", timeout=timeout)
 
 
 def _gpu_count():
@@ -147,17 +163,60 @@ def _gpu_count():
     return n
 
 
+def _workers_of(agent_pid):
+    """The pids of torchrun's workers: the agent's child processes (of any of its threads)."""
+    out = []
+    try:
+        tasks = os.listdir(f"/proc/{agent_pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{agent_pid}/task/{task}/children", encoding="ascii") as f:
+                out += [int(p) for p in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _die_with_parent():
+    """In the agent, before exec: SIGTERM it when this process dies (even by SIGKILL), so
+    that it stops its workers rather than outliving the run."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _relaunch_distributed(argv, n, out_fd):
-    """Several GPUs: re-run this command under torchrun, one process per GPU. Rank 0 writes
-    the protocol and its exit code; SIGTERM is passed on so every rank stops at the same step."""
+    """Several processes: re-run this command under torchrun, one process per GPU. Rank 0
+    writes the protocol and its exit code.
+
+    SIGTERM goes to the workers themselves, never to the torchrun agent: the agent, signalled,
+    would SIGKILL its workers 30 s later, which may be before a large model's checkpoint is
+    on disk. So the agent runs in a session of its own (a SIGTERM to this run's process group
+    does not reach it), and this process passes SIGTERM on to each worker (each in a session
+    of its own too); the workers agree on a step, checkpoint and exit 75, and the agent
+    follows them out."""
     with tempfile.TemporaryDirectory(prefix="understudy-") as tmp:
         exit_file = os.path.join(tmp, "exit_code")
         env = dict(os.environ, **{EXIT_FILE_ENV: exit_file, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")})
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                "-m", "understudy_trainer", *argv]
         print(f"launching {n} processes: {' '.join(cmd)}", file=sys.stderr)
-        child = subprocess.Popen(cmd, env=env, stdout=out_fd, stderr=sys.stderr)
-        signal.signal(signal.SIGTERM, lambda s, f: child.send_signal(signal.SIGTERM))
+        child = subprocess.Popen(cmd, env=env, stdout=out_fd, stderr=sys.stderr, start_new_session=True,
+                                 preexec_fn=_die_with_parent)
+
+        def forward(signum, frame):  # noqa: ARG001 - signal handler signature
+            for pid in _workers_of(child.pid):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+        signal.signal(signal.SIGTERM, forward)
         rc = child.wait()
         try:
             with open(exit_file, encoding="utf-8") as f:
@@ -182,16 +241,31 @@ def main(argv=None):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     if _wants_torchrun(argv):
-        n = _gpu_count()
+        try:
+            n = _process_count(argv)
+        except BadInput as e:
+            _report(progress.Emitter(protocol), e.code, e.message)
+            return e.exit_code
         if n > 1:
             return _relaunch_distributed(argv, n, protocol.fileno())
     return run(argv, protocol)
 
 
 def _wants_torchrun(argv):
-    if "LOCAL_RANK" in os.environ or os.environ.get("UNDERSTUDY_NO_TORCHRUN") == "1" or argv[:1] != ["train"]:
-        return False
+    return "LOCAL_RANK" not in os.environ and os.environ.get("UNDERSTUDY_NO_TORCHRUN") != "1" and argv[:1] == ["train"]
+
+
+def _process_count(argv):
+    """UNDERSTUDY_NPROC when set; otherwise one process per GPU, and one on the CPU."""
+    if os.environ.get(NPROC_ENV):
+        try:
+            n = int(os.environ[NPROC_ENV])
+        except ValueError:
+            n = 0
+        if not 1 <= n <= 64:
+            raise BadInput(INVALID_HYPERPARAMETERS, f"{NPROC_ENV}={os.environ[NPROC_ENV]!r}: want a number from 1 to 64")
+        return n
     for i, a in enumerate(argv):
         if a == "--device=cpu" or (a == "--device" and argv[i + 1:i + 2] == ["cpu"]):
-            return False
-    return True
+            return 1
+    return _gpu_count()

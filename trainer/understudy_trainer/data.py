@@ -7,6 +7,7 @@ positions carry -100 so only the response and its end-of-sequence token are lear
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -113,10 +114,49 @@ def load_pairs(path):
     return pairs, digest
 
 
+# Private-use code points around a message index: stand-ins for content when the chat template
+# is rendered to find where each message's content lands.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_MARK = re.compile(_OPEN + r"(\d+)" + _CLOSE)
+
+
+def _content_spans(skeleton, text, contents):
+    """Where the contents lie in ``text``, the template rendered with the real contents, given
+    ``skeleton``, the same template rendered with placeholders. The template may strip a
+    content's surrounding whitespace. Returns None when ``text`` does not follow the skeleton
+    (the template changes content in another way or branches on it)."""
+    if any(_OPEN in c or _CLOSE in c for c in contents):
+        return None
+    parts = _MARK.split(skeleton)  # literal, index, literal, index, ..., literal
+    if not text.startswith(parts[0]):
+        return None
+    pos, spans = len(parts[0]), []
+    for k in range(1, len(parts), 2):
+        i, after = int(parts[k]), parts[k + 1]
+        if i >= len(contents):
+            return None
+        c = contents[i]
+        last = k + 2 >= len(parts)
+        for x in dict.fromkeys((c, c.strip(), c.lstrip(), c.rstrip())):
+            end = pos + len(x)
+            if text.startswith(x, pos) and text.startswith(after, end) and \
+                    (not last or end + len(after) == len(text)):
+                break
+        else:
+            return None
+        spans.append((pos, end))
+        pos = end + len(after)
+    return spans if pos == len(text) else None
+
+
 class Formatter:
     """Turns pairs into token ids. Tokenizers with a chat template use it (the response is what
     the template adds after the generation prompt); others (DialoGPT) get
-    ``turn <eos> turn <eos> ... response <eos>``. Either way the response ends with eos."""
+    ``turn <eos> turn <eos> ... response <eos>``. Either way the response ends with eos.
+
+    Text from the data never becomes a control token: a prompt or answer that contains a special
+    token's string (GPT-2's ``<|endoftext|>``) is tokenized as ordinary text, while the special
+    tokens the template itself writes stay special."""
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
@@ -124,15 +164,69 @@ class Formatter:
             raise BadInput(INVALID_MODEL, "tokenizer has no end-of-sequence token")
         self.eos = tokenizer.eos_token_id
         self.use_template = bool(getattr(tokenizer, "chat_template", None))
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self.special_ids = {i for i, t in added.items() if getattr(t, "special", False)}
+        self.special_ids |= set(tokenizer.all_special_ids)
+        strings = {s for s in tokenizer.convert_ids_to_tokens(sorted(self.special_ids)) if s}
+        strings = sorted(strings, key=lambda s: (-len(s), s))  # longest first, as tokenizers match
+        self._special_re = re.compile("|".join(map(re.escape, strings))) if strings else None
 
     def _ids(self, text):
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        return self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def _render(self, messages, generation_prompt):
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _rendered(self, messages, generation_prompt):
+        """The template's text and the character spans of the messages' content in it (none
+        when no content holds a special token's string: the template's tokens are then the
+        tokenizer's own, exactly)."""
+        text = self._render(messages, generation_prompt)
+        contents = [m["content"] for m in messages]
+        if self._special_re is None or not any(self._special_re.search(c) for c in contents):
+            return text, []
+        marked = [dict(m, content=f"{_OPEN}{i}{_CLOSE}") for i, m in enumerate(messages)]
+        skeleton = self._render(marked, generation_prompt)
+        spans = _content_spans(skeleton, text, contents)
+        if spans is not None:
+            return text, spans
+        # The template transforms content in a way _content_spans does not follow: put each
+        # content verbatim where the template puts it, so that its extent is known.
+        parts = _MARK.split(skeleton)
+        text, spans = parts[0], []
+        for k in range(1, len(parts), 2):
+            c = contents[int(parts[k])]
+            spans.append((len(text), len(text) + len(c)))
+            text += c + parts[k + 1]
+        return text, spans
+
+    def _encode(self, text, spans):
+        """Tokenizes rendered template text as the tokenizer would, except that a special token
+        overlapping a content span is replaced by its string's ordinary tokens."""
+        if not spans:
+            return self.tok(text, add_special_tokens=False)["input_ids"]
+        if getattr(self.tok, "is_fast", False):
+            enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = []
+            for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+                if t in self.special_ids and any(a < e and s < b for s, e in spans):
+                    ids += self._ids(text[a:b])
+                else:
+                    ids.append(t)
+            return ids
+        # Slow tokenizers give no offsets. They tokenize the text between special tokens piece by
+        # piece, so cutting at the special tokens the template wrote (outside the content) and
+        # tokenizing each piece with special strings as text gives the same ids, content excepted.
+        ids, pos, bounds = [], 0, [0] + [x for span in spans for x in span] + [len(text)]
+        for a, b in zip(bounds[::2], bounds[1::2]):  # the template's own text
+            for m in self._special_re.finditer(text, a, b):
+                ids += self._ids(text[pos:m.start()]) if m.start() > pos else []
+                ids.append(self.tok.convert_tokens_to_ids(m.group()))
+                pos = m.end()
+        return ids + (self._ids(text[pos:]) if pos < len(text) else [])
 
     def _template(self, messages, generation_prompt):
-        out = self.tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
-        if isinstance(out, dict) or hasattr(out, "input_ids"):
-            out = out["input_ids"]
-        return list(out)
+        return self._encode(*self._rendered(messages, generation_prompt))
 
     def prompt_ids(self, messages):
         if self.use_template:
@@ -145,14 +239,17 @@ class Formatter:
     def response_ids(self, messages, response):
         if self.use_template:
             prompt = self._template(messages, True)
-            full = self._template(messages + [{"role": "assistant", "content": response}], False)
+            full_text, full_spans = self._rendered(messages + [{"role": "assistant", "content": response}], False)
+            full = self._encode(full_text, full_spans)
             if full[: len(prompt)] == prompt:
                 ids = full[len(prompt):]
             else:  # the template re-renders earlier turns; fall back to the text difference
-                p = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-                f = self.tok.apply_chat_template(
-                    messages + [{"role": "assistant", "content": response}], tokenize=False)
-                ids = self._ids(f[len(p):] if f.startswith(p) else response)
+                p = self._render(messages, True)
+                if full_text.startswith(p):
+                    n = len(p)
+                    ids = self._encode(full_text[n:], [(max(s - n, 0), e - n) for s, e in full_spans if e > n])
+                else:
+                    ids = self._ids(response)
             # Keep up to the turn's last eos (templates may add a newline after it).
             if self.eos in ids:
                 return ids[: len(ids) - ids[::-1].index(self.eos)]

@@ -7,6 +7,9 @@ import os
 
 from .errors import INVALID_HYPERPARAMETERS, BadInput
 
+# The largest micro-batch a default picks (the schema allows up to 1024 when asked for).
+MAX_DEFAULT_BATCH = 512
+
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hparams_schema.json")
 
 
@@ -102,9 +105,13 @@ def default_learning_rate(n_params, lora):
     return 1e-5
 
 
-def default_batch_size(device, n_params, max_seq_len, gpu_memory_bytes):
-    """Examples per micro-batch. On a GPU, aim at ~16K tokens per micro-batch for small models,
-    fewer for big ones; the out-of-memory fallback splits micro-batches further if needed."""
+def default_batch_size(device, n_params, max_seq_len, gpu_memory_bytes, mean_example_tokens=None):
+    """Examples per micro-batch, sized by tokens: on a GPU, aim at ~16K tokens per
+    micro-batch for small models, fewer for big ones. With packing, examples fill rows of
+    max_seq_len tokens, so the count comes from the examples' mean length
+    (``mean_example_tokens``): short pairs get many examples per micro-batch instead of
+    leaving the GPU idle. Without it (padded rows) every example may cost max_seq_len. The
+    out-of-memory fallback splits micro-batches further if needed."""
     if device != "cuda":
         return 8
     if n_params < 500e6:
@@ -115,4 +122,7 @@ def default_batch_size(device, n_params, max_seq_len, gpu_memory_bytes):
         tokens = 4096
     if gpu_memory_bytes and gpu_memory_bytes < 20e9:
         tokens //= 2
-    return int(max(1, min(256, tokens // max_seq_len)))
+    per_example = max_seq_len
+    if mean_example_tokens:
+        per_example = max(1, min(max_seq_len, math.ceil(mean_example_tokens)))
+    return int(max(1, min(MAX_DEFAULT_BATCH, tokens // per_example)))

@@ -87,10 +87,14 @@ def count_params(config):
     return sum(p.numel() for p in model.parameters())
 
 
-def load_model(name, config, dtype):
+def load_model(name, config, dtype, device=None):
+    """Loads the weights in ``dtype``, straight onto ``device`` when one is given (a GPU:
+    no full-precision copy of the model on the host per process)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"config": config, "dtype": dtype}
+    kwargs = {"config": config, "dtype": dtype, "low_cpu_mem_usage": True}
+    if device is not None:
+        kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="sdpa", **kwargs)
     except (ValueError, ImportError) as e:
@@ -106,12 +110,27 @@ def attn_impl(model):
     return getattr(model.config, "_attn_implementation", None) or "eager"
 
 
-def needs_lora(n_params, device, gpu_memory_bytes):
-    """Full fine-tuning keeps fp32 weights, gradients and two AdamW moments (16 bytes per
-    parameter) plus activations; use LoRA when that would not fit in ~85% of the GPU."""
+# Gradients are summed over the ranks in buckets of at most this many elements; a bucket
+# (fp32) is held twice while it is flattened and copied back.
+GRAD_BUCKET_ELEMENTS = 32 * 1024 * 1024
+GRAD_BUCKET_BYTES = 2 * 4 * GRAD_BUCKET_ELEMENTS
+
+
+def full_finetune_bytes(n_params, world=1):
+    """GPU memory a full fine-tune needs: fp32 weights, gradients and two AdamW moments (16
+    bytes per parameter), a quarter more for activations at the default batch, and with
+    several ranks the gradient buckets being summed."""
+    need = 16 * n_params * 1.25
+    if world > 1:
+        need += GRAD_BUCKET_BYTES
+    return need
+
+
+def needs_lora(n_params, device, gpu_memory_bytes, world=1):
+    """Use LoRA when a full fine-tune would not fit in ~85% of the GPU."""
     if device != "cuda" or not gpu_memory_bytes:
         return False
-    return 16 * n_params * 1.25 > 0.85 * gpu_memory_bytes
+    return full_finetune_bytes(n_params, world) > 0.85 * gpu_memory_bytes
 
 
 def apply_lora(model):
@@ -148,28 +167,36 @@ def _lm_head_skippable(model):
 def loss_sum(model, batch, device, core=None):
     """Returns (sum of the response-token losses, number of those tokens). Only positions whose
     next token is a target go through the lm_head when that is exact. ``core`` is the model
-    without its DDP/compile wrappers (defaults to ``model``)."""
+    without its compile wrapper (defaults to ``model``).
+
+    The target positions are found on the host, from the batch's CPU labels, and handed to
+    the device as indices: a boolean mask applied on the GPU would make the host wait for
+    the GPU at every micro-batch to learn how many positions it selects."""
     core = core if core is not None else model
     input_ids = batch["input_ids"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
     kwargs = {"input_ids": input_ids, "use_cache": False}
     if "segments" in batch:
         kwargs["attention_mask"] = block_causal_mask(batch["segments"].to(device, non_blocking=True), attn_impl(core))
         kwargs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
     else:
         kwargs["attention_mask"] = batch["attention_mask"].to(device, non_blocking=True)
-    targets = labels[:, 1:]
-    sel = targets != -100
+    targets = batch["labels"][:, 1:]
+    flat = targets.reshape(-1)
+    where = (flat != -100).nonzero().squeeze(1)
+    n = int(where.numel())
+    where_dev = where.to(device, non_blocking=True)
+    wanted = flat.index_select(0, where).to(device, non_blocking=True)
     if _lm_head_skippable(core):
         out = model(**kwargs, output_hidden_states=True, logits_to_keep=1)
-        hidden = out.hidden_states[-1][:, :-1][sel]
+        hidden = out.hidden_states[-1][:, :-1]
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, where_dev)
         logits = core.get_output_embeddings()(hidden)
-        loss = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
     else:
         out = model(**kwargs)
-        logits = out.logits[:, :-1][sel]
-        loss = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
-    return loss, int(sel.sum())
+        logits = out.logits[:, :-1]
+        logits = logits.reshape(-1, logits.shape[-1]).index_select(0, where_dev)
+    loss = F.cross_entropy(logits.float(), wanted, reduction="sum")
+    return loss, n
 
 
 def flops_per_token(n_params, config, seq_len):

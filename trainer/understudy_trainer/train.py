@@ -10,6 +10,7 @@ import random
 import shutil
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,9 @@ import torch
 from . import checkpoint, data, evaluate, hparams, modeling
 from .errors import INTERNAL, INVALID_DATASET, INVALID_HYPERPARAMETERS, OUT_OF_MEMORY, BadInput, Preempted, TrainerError
 
-STATE_VERSION = 1
+# 2: one RNG state per rank; chrF before training a corpus score; special-token strings in
+# the data encoded as text.
+STATE_VERSION = 2
 
 
 @dataclass
@@ -59,9 +62,15 @@ class Stop:
 
 @dataclass
 class Dist:
+    """This process's place among the processes of one run (torchrun sets the environment).
+    ``control`` is a gloo process group on the CPU for the small host-side agreements of
+    every step (stop requested, a step that failed on some rank, tokens counted), so that they
+    never wait on the GPU."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    control: object = None
 
     @property
     def main(self):
@@ -73,12 +82,36 @@ class Dist:
             return cls()
         return cls(int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
 
+    def sum_host(self, values):
+        """Sums a list of numbers over the ranks, on the CPU; returns the sums as floats."""
+        if self.world == 1:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        torch.distributed.all_reduce(t, group=self.control)
+        return t.tolist()
+
+    def gather(self, obj):
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj, group=self.control)
+        return out
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier(group=self.control)
+
+
+# Failures of one step on one rank, agreed on by all ranks before anyone goes on: a rank
+# that retried or gave up alone would leave the others waiting in a collective until the
+# process group's timeout.
+_OK, _OOM, _COMPILE, _FATAL = 0, 1, 2, 3
+
 
 def unwrap(model):
     while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
+        if hasattr(model, "_orig_mod"):
             model = model._orig_mod
         else:
             return model
@@ -169,7 +202,7 @@ class Run:
         self.device, self.gpu, self.gpu_memory = _device(o, self.dist)
         self.n_params = modeling.count_params(self.config)
         self.lora = {"on": True, "off": False}.get(o.lora) if o.lora in ("on", "off") else \
-            modeling.needs_lora(self.n_params, self.device, self.gpu_memory)
+            modeling.needs_lora(self.n_params, self.device, self.gpu_memory, self.dist.world)
         self.fingerprint = {
             "model": o.model, "dataset_sha256": self.dataset_sha256, "explicit": o.hyperparameters,
             "grad_accum": o.grad_accum, "seed": o.seed, "eval_fraction": o.eval_fraction,
@@ -195,8 +228,6 @@ class Run:
         if not examples:
             raise BadInput(INVALID_DATASET, f"no pair fits in max_seq_len {self.hp['max_seq_len']}: every response is too long")
         self.train_ex, self.eval_ex = data.split(examples, o.eval_fraction, o.seed)
-        by_index = {ex.pair_index: ex for ex in self.eval_ex}
-        self.eval_pairs = [self.pairs[i] for i in sorted(by_index)]
         self.step_examples = self.hp["batch_size"] * self.hp["grad_accum"] * self.dist.world
         self.steps_per_epoch = max(1, math.ceil(len(self.train_ex) / self.step_examples))
         self.total_steps = self.hp["epochs"] * self.steps_per_epoch
@@ -221,13 +252,17 @@ class Run:
             "epochs": explicit.get("epochs") or hparams.default_epochs(len(self.pairs)),
             "learning_rate": explicit.get("learning_rate") or hparams.default_learning_rate(self.n_params, self.lora),
             "batch_size": explicit.get("batch_size") or hparams.default_batch_size(
-                self.device, self.n_params, max_seq_len, self.gpu_memory),
+                self.device, self.n_params, max_seq_len, self.gpu_memory,
+                mean_example_tokens=(sum(min(n, max_seq_len) for n in lengths) / max(1, len(lengths))
+                                     if o.pack else None)),
             "max_seq_len": max_seq_len,
             "grad_accum": o.grad_accum or 1,
         }
 
     def build_model(self):
         o = self.opts
+        # The same seed on every rank for what is built (LoRA's random init; rank 0's
+        # weights are broadcast anyway), then a stream of its own per rank (dropout).
         torch.manual_seed(o.seed)
         if self.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -236,7 +271,8 @@ class Run:
         else:
             self.amp = None
         base_dtype = self.amp if (self.lora and self.amp is torch.bfloat16) else torch.float32
-        model = modeling.load_model(o.model, self.config, base_dtype)
+        model = modeling.load_model(o.model, self.config, base_dtype,
+                                    device=f"cuda:{self.dist.local_rank}" if self.device == "cuda" else None)
         if self.device == "cuda" and self.n_params >= 1e9:
             # Only big models trade compute for memory; a 124M model never needs it.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -248,7 +284,14 @@ class Run:
         model.train()
         self.model = model
         self.attn = modeling.attn_impl(unwrap(model))
+        if self.dist.world > 1:
+            # Every rank starts from rank 0's weights, as DistributedDataParallel would.
+            with torch.no_grad():
+                for t in list(model.parameters()) + list(model.buffers()):
+                    torch.distributed.broadcast(t.data, 0)
+        self.seed_rank()
         params = [p for p in model.parameters() if p.requires_grad]
+        self.params = params
         self.trainable = sum(p.numel() for p in params)
         kw = {"fused": True} if self.device == "cuda" else {"foreach": True}
         self.optimizer = torch.optim.AdamW(params, lr=self.hp["learning_rate"], betas=(0.9, 0.999),
@@ -264,15 +307,20 @@ class Run:
         if self.resume_state:
             self._restore()
         self.train_model = self.model
-        if self.dist.world > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.dist.local_rank])
         self.compiled = False
         want_compile = o.compile == "on" or (o.compile == "auto" and self.device == "cuda"
                                               and self.total_steps - self.start_step >= 300)
         if want_compile:
             # Compilation costs tens of seconds up front: only worth it on long runs.
-            self.train_model = torch.compile(self.train_model, dynamic=True)
+            self.train_model = torch.compile(self.model, dynamic=True)
             self.compiled = True
+
+    def seed_rank(self):
+        """Seeds this rank's own random streams: ranks that share one stream drop out the
+        same units of their different examples."""
+        seed = self.opts.seed + 1_000_003 * self.dist.rank
+        torch.manual_seed(seed)
+        random.seed(seed)
 
     def _restore(self):
         path, state = self.resume_path, self.resume_state
@@ -289,10 +337,13 @@ class Run:
         if self.scaler is not None and opt.get("scaler"):
             self.scaler.load_state_dict(opt["scaler"])
         rng = checkpoint.load_tensors(path, "rng.pt")
-        torch.set_rng_state(rng["torch"])
-        if self.device == "cuda" and rng.get("cuda") is not None and len(rng["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate(rng["python"])
+        ranks = rng.get("ranks") or [rng]  # one state per rank; older checkpoints kept one
+        if len(ranks) == self.dist.world:
+            mine = ranks[self.dist.rank]
+            torch.set_rng_state(mine["torch"])
+            if self.device == "cuda" and mine.get("cuda") is not None:
+                torch.cuda.set_rng_state(mine["cuda"])
+            random.setstate(mine["python"])
         self.start_step = state["step"]
         self.micro_split = state.get("micro_split", 1)
         self.tokens_trained = state["tokens_trained"]
@@ -301,7 +352,13 @@ class Run:
 
     # ---- checkpoints --------------------------------------------------------------------
 
+    def _rng_state(self):
+        return {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state() if self.device == "cuda" else None}
+
     def save_checkpoint(self, step, reason):
+        # Each rank's random streams go into the checkpoint, restored per rank on resume.
+        rngs = self.dist.gather(self._rng_state())
         if self.dist.main:
             if self.lora:
                 from peft import get_peft_model_state_dict
@@ -318,13 +375,11 @@ class Run:
                 "model.pt": weights,
                 "optimizer.pt": {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                                  "scaler": self.scaler.state_dict() if self.scaler else None},
-                "rng.pt": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                           "cuda": torch.cuda.get_rng_state_all() if self.device == "cuda" else None},
+                "rng.pt": {"ranks": rngs},
             }
             name = checkpoint.save(self.opts.checkpoint_dir, step, state, tensors)
             self.emit.emit("checkpoint", step=step, path=name, reason=reason)
-        if self.dist.world > 1:
-            torch.distributed.barrier()
+        self.dist.barrier()
         self.last_checkpoint = (step, time.time())
 
     # ---- training -----------------------------------------------------------------------
@@ -336,72 +391,113 @@ class Run:
         return [self.train_ex[i] for i in order[k * n:(k + 1) * n]]
 
     def _micro_batches(self, examples):
+        """This rank's micro-batches of a step: the step's examples dealt out one by one, so
+        that every rank gets a share as even as can be; a rank may get none (a short last
+        step), and still takes part in the step's collectives."""
         bs = self.hp["batch_size"]
-        micro = [examples[i:i + bs] for i in range(0, len(examples), bs)]
-        mine = micro[self.dist.rank::self.dist.world]
+        mine = examples[self.dist.rank::self.dist.world]
         out = []
-        for mb in mine:
+        for i in range(0, len(mine), bs):
+            mb = mine[i:i + bs]
             size = max(1, math.ceil(len(mb) / self.micro_split))
-            out += [mb[i:i + size] for i in range(0, len(mb), size)]
+            out += [mb[j:j + size] for j in range(0, len(mb), size)]
         return out
 
     def _stop_requested(self):
-        flag = self.stop.requested
-        if self.dist.world > 1:
-            t = torch.tensor([int(flag)], device=self.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
+        # Every rank stops at the same step, whichever got the signal.
+        return self.dist.sum_host([int(self.stop.requested)])[0] > 0
 
     def _train_step(self, step):
         examples = self._step_examples(step)
         total_targets = max(1, sum(e.n_targets for e in examples))
         while True:
+            failure, error = _OK, None
             try:
-                return self._try_step(examples, total_targets)
+                loss_acc, tokens = self._local_step(examples, total_targets)
             except torch.OutOfMemoryError:
+                failure = _OOM
+            except TrainerError as e:
+                failure, error = _FATAL, e
+            except Exception as e:  # noqa: BLE001 - a compiler failure falls back to eager mode
+                failure, error = (_COMPILE if self.compiled else _FATAL), e
+                if failure == _FATAL:
+                    traceback.print_exc(file=sys.stderr)
+            # One agreement per step, on the CPU: what failed where, and the tokens counted.
+            oom, compile_failed, fatal, tokens = self.dist.sum_host(
+                [failure == _OOM, failure == _COMPILE, failure == _FATAL, tokens if failure == _OK else 0])
+            if fatal:
+                errors = self.dist.gather(_describe(error) if failure == _FATAL else None)
+                code, message = next((e for e in errors if e is not None))
+                raise TrainerError(code, message)
+            if oom or compile_failed:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.device == "cuda":
                     torch.cuda.empty_cache()
+                if compile_failed:
+                    name = type(error).__name__ if failure == _COMPILE else "on another rank"
+                    self.emit.log(f"torch.compile failed ({name}); continuing without it", "warning")
+                    self.train_model = self.model
+                    self.compiled = False
+                    continue
                 if self.micro_split >= self.hp["batch_size"]:
                     raise TrainerError(OUT_OF_MEMORY, f"out of GPU memory even with one example per micro-batch "
-                                                      f"(max_seq_len {self.hp['max_seq_len']})") from None
+                                                      f"(max_seq_len {self.hp['max_seq_len']})")
                 self.micro_split *= 2
                 self.emit.log(f"out of GPU memory: splitting each micro-batch in {self.micro_split}", "warning")
-            except Exception as e:  # noqa: BLE001 - a compiler failure falls back to eager mode
-                if not self.compiled:
-                    raise
-                self.optimizer.zero_grad(set_to_none=True)
-                self.emit.log(f"torch.compile failed ({type(e).__name__}); continuing without it", "warning")
-                self.train_model = self.model if self.dist.world == 1 else \
-                    torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.dist.local_rank])
-                self.compiled = False
+                continue
+            return self._apply_step(loss_acc, total_targets, int(tokens))
 
-    def _try_step(self, examples, total_targets):
+    def _local_step(self, examples, total_targets):
+        """Forward and backward of this rank's micro-batches, gradients left on this rank.
+        Returns (the sum of its target losses, on the device; its tokens)."""
         self.optimizer.zero_grad(set_to_none=True)
-        micro = self._micro_batches(examples)
         loss_acc = torch.zeros((), device=self.device)
         tokens = 0
-        scale = self.dist.world / total_targets  # DDP averages gradients over ranks
-        for i, mb in enumerate(micro):
+        # Each rank's gradient is its share of the step's mean; the ranks' sum is the mean.
+        scale = 1.0 / total_targets
+        for mb in self._micro_batches(examples):
             batch = data.collate(mb, self.hp["max_seq_len"], self.pad_id, self.opts.pack)
-            last = i == len(micro) - 1
-            sync = contextlib.nullcontext()
-            if self.dist.world > 1 and not last:
-                sync = self.train_model.no_sync()
-            with sync:
-                with modeling.autocast(self.device, self.amp):
-                    loss, _ = modeling.loss_sum(self.train_model, batch, self.device, core=self.model)
-                scaled = loss * scale
-                if self.scaler is not None:
-                    self.scaler.scale(scaled).backward()
-                else:
-                    scaled.backward()
+            with modeling.autocast(self.device, self.amp):
+                loss, _ = modeling.loss_sum(self.train_model, batch, self.device, core=self.model)
+            scaled = loss * scale
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
             loss_acc += loss.detach()
             tokens += batch["n_tokens"]
+        return loss_acc, tokens
+
+    def _sum_gradients(self):
+        """Sums the trainable parameters' gradients over the ranks, in buckets; a rank that
+        had no example this step adds zeros."""
+        groups = {}
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            groups.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in groups.values():
+            bucket, size = [], 0
+            for g in grads + [None]:
+                if g is not None and (not bucket or size + g.numel() <= modeling.GRAD_BUCKET_ELEMENTS):
+                    bucket.append(g)
+                    size += g.numel()
+                    continue
+                if bucket:
+                    flat = torch._utils._flatten_dense_tensors(bucket)
+                    torch.distributed.all_reduce(flat)
+                    for dst, src in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
+                        dst.copy_(src)
+                bucket, size = ([g], g.numel()) if g is not None else ([], 0)
+
+    def _apply_step(self, loss_acc, total_targets, tokens):
+        if self.dist.world > 1:
+            self._sum_gradients()
+            # Summed on the device, asynchronously: read only when a step is reported.
+            torch.distributed.all_reduce(loss_acc)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         lr = self.scheduler.get_last_lr()[0]
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -409,10 +505,6 @@ class Run:
         else:
             self.optimizer.step()
         self.scheduler.step()
-        if self.dist.world > 1:
-            t = torch.stack([loss_acc, torch.tensor(float(tokens), device=self.device)])
-            torch.distributed.all_reduce(t)
-            loss_acc, tokens = t[0], int(t[1].item())
         return loss_acc, total_targets, tokens, lr
 
     def train(self):
@@ -475,31 +567,45 @@ class Run:
     # ---- evaluation and output ----------------------------------------------------------
 
     def _eval_pass(self, phase, step):
-        if not self.eval_ex or not self.dist.main:
+        if not self.eval_ex:
             return {}
         bs = max(1, self.hp["batch_size"])
         msg = "received SIGTERM during evaluation" + ("; resume with --resume" if phase == "after" else "")
-        loss = evaluate.eval_loss(self.model, self.eval_ex, self.hp["max_seq_len"], self.pad_id, self.device,
-                                  self.amp, bs, stop=_Checker(self.stop, msg))
+        # Every rank scores its share of the held-out examples; the sums are combined.
+        shard = self.eval_ex[self.dist.rank::self.dist.world]
+        mean = evaluate.eval_loss(self.model, shard, self.hp["max_seq_len"], self.pad_id, self.device, self.amp, bs,
+                                  stop=_Checker(self.stop, msg))
+        count = sum(e.n_targets for e in shard)
+        total, count = self.dist.sum_host([(mean or 0.0) * count, count])
+        loss = total / max(count, 1)
         ppl = evaluate.perplexity(loss)
         self.emit.emit("eval", step=step, eval_loss=round(loss, 6), perplexity=round(ppl, 4), phase=phase)
         n_gen = self.opts.eval_generations
         if n_gen is None:
             n_gen = 256 if self.device == "cuda" else 32
-        pairs = self.eval_pairs[:n_gen]
+        idx = sorted(ex.pair_index for ex in self.eval_ex)[:n_gen]
         result = {"eval_loss": loss, "perplexity": ppl}
-        if pairs:
-            ref_lens = [len(self.encoded[ex.pair_index][1]) for ex in self.eval_ex]
-            max_new = min(2 * max(ref_lens) + 8, self.hp["max_seq_len"] - 1)
-            stop_ids = {self.formatter.eos}
-            gen_eos = getattr(unwrap(self.model).generation_config, "eos_token_id", None)
-            if gen_eos is not None:
-                stop_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-            eos_rate, chrf, rouge, samples = evaluate.generate(
-                unwrap(self.model), self.tokenizer, self.formatter, pairs, self.hp["max_seq_len"], self.device,
-                self.amp, min(64, max(8, bs)), stop_ids, max_new, stop=_Checker(self.stop, msg))
-            result.update({"eos_rate": eos_rate, "chrf": chrf, "rouge_l": rouge})
-            print(json.dumps({"phase": phase, "samples": samples}, ensure_ascii=False), file=sys.stderr)
+        if not idx:
+            return result
+        stop_ids = {self.formatter.eos}
+        gen_eos = getattr(unwrap(self.model).generation_config, "eos_token_id", None)
+        if gen_eos is not None:
+            stop_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        # Every rank generates for its share of the pairs; rank 0 scores them all together.
+        mine = idx[self.dist.rank::self.dist.world]
+        gen = evaluate.generate(
+            unwrap(self.model), self.tokenizer, self.formatter, [self.pairs[i] for i in mine], self.hp["max_seq_len"],
+            self.device, self.amp, min(64, max(8, bs)), stop_ids, stop=_Checker(self.stop, msg),
+            encoded=[self.encoded[i] for i in mine])
+        shares = self.dist.gather(gen["generations"])
+        if not self.dist.main:
+            return {}
+        generations = [None] * len(idx)
+        for rank, share in enumerate(shares):
+            generations[rank::self.dist.world] = share
+        scored = evaluate.score([self.pairs[i] for i in idx], generations)
+        result.update({k: scored[k] for k in ("eos_rate", "empty_rate", "mean_generated_tokens", "chrf", "rouge_l")})
+        print(json.dumps({"phase": phase, "samples": scored["samples"]}, ensure_ascii=False), file=sys.stderr)
         return result
 
     def save_output(self, metrics):
@@ -573,6 +679,9 @@ class Run:
             "eval_loss_before": b.get("eval_loss"), "eval_perplexity_before": b.get("perplexity"),
             "eval_loss_after": after.get("eval_loss"), "eval_perplexity_after": after.get("perplexity"),
             "eos_rate_before": b.get("eos_rate"), "eos_rate": after.get("eos_rate"),
+            "empty_rate_before": b.get("empty_rate"), "empty_rate": after.get("empty_rate"),
+            "mean_generated_tokens_before": b.get("mean_generated_tokens"),
+            "mean_generated_tokens": after.get("mean_generated_tokens"),
             "chrf_before": b.get("chrf"), "chrf": after.get("chrf"),
             "rouge_l_before": b.get("rouge_l"), "rouge_l": after.get("rouge_l"),
             "train_tokens": self.tokens_trained, "train_seconds": round(self.train_seconds, 3),
@@ -585,6 +694,13 @@ class Run:
         files = file_list(out)
         self.emit.emit("done", files=files, metrics=metrics, output_dir=self.opts.output_dir)
         return out
+
+
+def _describe(error):
+    """(code, message) of a failure, for the rank that reports it."""
+    if isinstance(error, TrainerError):
+        return error.code, error.message
+    return INTERNAL, f"{type(error).__name__}: {str(error)[:2000]}"
 
 
 class _Checker:
