@@ -15,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './build/*' 2>/dev/null) go.mod go.sum
 RUNTIME_SOURCES := $(shell find trainer -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: stacks destroy-stack plugin binaries build deps pyenv tiny-model test test-go test-python demo bench bench-go bench-train bench-smoke bench-gpu clean lint emulators
+.PHONY: stacks destroy-stack plugin binaries build deps pyenv tiny-model test test-go test-python schemathesis demo bench bench-go bench-train bench-smoke bench-gpu clean lint emulators
 
 ## deps: Debian packages the service and its tests use (OpenSSH server and clients, curl;
 ## Node.js and npm for the Azure Storage emulator; iproute2's ip and tc for the WAN download
@@ -77,12 +77,17 @@ build/tiny-gpt2/config.json: examples/sample-pairs.jsonl trainer/tools/make_tiny
 	@$(MAKE) --no-print-directory tiny-model
 
 ## test: every Go and Python test.
-test: deps build pyenv emulators build/tiny-gpt2/config.json
+test: deps build pyenv emulators schemathesis build/tiny-gpt2/config.json
 	$(MAKE) --no-print-directory test-go test-python
+
+## schemathesis: the OpenAPI fuzzer that e2e/openapi_fuzz_test.go runs against the live
+## service, cached outside the clone.
+schemathesis:
+	@scripts/schemathesis.sh >/dev/null
 
 test-go:
 	UNDERSTUDY_BIN=$(BIN) UNDERSTUDY_LOCAL_PYTHON=$(PYTHON) UNDERSTUDY_TINY_MODEL=$(CURDIR)/build/tiny-gpt2 \
-	  UNDERSTUDY_EMULATORS=$$($(CURDIR)/scripts/emulators.sh) \
+	  UNDERSTUDY_EMULATORS=$$($(CURDIR)/scripts/emulators.sh) UNDERSTUDY_SCHEMATHESIS=$$($(CURDIR)/scripts/schemathesis.sh) \
 	  UNDERSTUDY_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 30m ./...
 
 test-python:

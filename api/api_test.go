@@ -146,6 +146,7 @@ func (e *env) do(t *testing.T, method, path, tok, body string) (int, map[string]
 	if err := json.Unmarshal(raw, &out); err != nil {
 		t.Fatalf("%s %s: body is not JSON: %q", method, path, raw)
 	}
+	checkResponse(t, method, path, resp, raw)
 	return resp.StatusCode, out
 }
 

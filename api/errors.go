@@ -1,8 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 
@@ -39,9 +41,23 @@ type ErrorDetail struct {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
+	encodeJSON(w, v)
+}
+
+func encodeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	return enc.Encode(v)
+}
+
+// StatusDocument renders a job exactly as GET /api/v1/training/{train_id}/status answers it:
+// the one document the backend reads, from that call and from the webhooks.
+func StatusDocument(j *job.Job) ([]byte, error) {
+	var b bytes.Buffer
+	if err := encodeJSON(&b, j); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }
 
 // writeError answers with err's status and client-safe message, and logs 5xx errors in full.

@@ -38,7 +38,14 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		}
 		after = n
 	}
-	if r.URL.Query().Get("follow") == "false" {
+	follow := true
+	if v := r.URL.Query().Get("follow"); v != "" {
+		if follow, err = strconv.ParseBool(v); err != nil {
+			s.writeError(w, r, invalid("invalid_follow", "follow must be true or false"))
+			return
+		}
+	}
+	if !follow {
 		lines, err := s.svc.Logs(ctx, id, after, 10000)
 		if err != nil {
 			s.writeError(w, r, err)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sort"
 	"strings"
 	"time"
 
@@ -95,6 +96,9 @@ func New(svc Service, opts Options) *Server {
 		poll:           opts.PollInterval,
 		log:            opts.Logger,
 	}
+	if s.providerStatus == nil {
+		s.providerStatus = map[string]string{} // /readyz shows an object, never null
+	}
 	if s.maxPairs <= 0 {
 		s.maxPairs = DefaultMaxPairs
 	}
@@ -118,8 +122,10 @@ func New(svc Service, opts Options) *Server {
 		s.providers[p] = true
 	}
 	r := mux.NewRouter()
+	var allowed func(*http.Request) []string
 	r.HandleFunc("/healthz", s.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", s.readyz).Methods(http.MethodGet)
+	r.HandleFunc("/openapi.json", s.openapi).Methods(http.MethodGet)
 	// The machine's own signal carries the per-job token, not the API token.
 	r.HandleFunc("/api/v1/training/{train_id}/completed", s.completed).Methods(http.MethodPost)
 	// Routes sit on one router (not a subrouter) so that a wrong method is a 405, not a 404.
@@ -139,11 +145,27 @@ func New(svc Service, opts Options) *Server {
 		writeJSON(w, http.StatusNotFound, ErrorBody{ErrorDetail{Code: "not_found", Message: "no such endpoint: " + r.URL.Path}})
 	})
 	notAllowed := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// RFC 9110: a 405 names the methods the resource has.
+		w.Header().Set("Allow", strings.Join(allowed(r), ", "))
 		writeJSON(w, http.StatusMethodNotAllowed, ErrorBody{ErrorDetail{Code: "method_not_allowed", Message: r.Method + " is not allowed on " + r.URL.Path}})
 	})
 	r.NotFoundHandler = notFound
 	r.MethodNotAllowedHandler = notAllowed
 	s.router = r
+	allowed = func(req *http.Request) []string {
+		var methods []string
+		r.Walk(func(route *mux.Route, _ *mux.Router, _ []*mux.Route) error {
+			var m mux.RouteMatch
+			if !route.Match(req, &m) && m.MatchErr != mux.ErrMethodMismatch {
+				return nil
+			}
+			ms, _ := route.GetMethods()
+			methods = append(methods, ms...)
+			return nil
+		})
+		sort.Strings(methods)
+		return methods
+	}
 	return s
 }
 

@@ -72,33 +72,16 @@ func invalid(format string, args ...any) error {
 	return &job.Error{Code: job.CodeInvalidArgument, Reason: ReasonInvalid, Message: fmt.Sprintf(format, args...)}
 }
 
-// CheckLine validates one JSONL record. n is the 1-based line number for messages.
+// CheckLine validates one JSONL record. n is the 1-based line number for messages. The
+// rules are the runtime's too (trainer/understudy_trainer/data.py); both are tested against
+// testdata/dataset/.
 func CheckLine(n int, line []byte) error {
 	var rec map[string]json.RawMessage
-	if err := json.Unmarshal(line, &rec); err != nil {
+	if err := json.Unmarshal(line, &rec); err != nil || rec == nil {
 		return invalid("dataset line %d is not a JSON object", n)
 	}
 	if raw, ok := rec["messages"]; ok {
-		var msgs []Message
-		if err := json.Unmarshal(raw, &msgs); err != nil {
-			return invalid("dataset line %d: \"messages\" must be an array of {role, content} strings", n)
-		}
-		if len(msgs) < 2 {
-			return invalid("dataset line %d: \"messages\" needs at least a prompt turn and an assistant turn", n)
-		}
-		for i, m := range msgs {
-			switch m.Role {
-			case "system", "user", "assistant", "tool":
-			default:
-				// The role is the client's data: never echoed.
-				return invalid("dataset line %d: message %d has an unknown role (want system, user, assistant or tool)", n, i)
-			}
-		}
-		last := msgs[len(msgs)-1]
-		if last.Role != "assistant" || strings.TrimSpace(last.Content) == "" {
-			return invalid("dataset line %d: the last message must be a non-empty assistant turn", n)
-		}
-		return nil
+		return checkMessages(n, raw)
 	}
 	for _, field := range []string{"prompt", "response"} {
 		raw, ok := rec[field]
@@ -106,7 +89,7 @@ func CheckLine(n int, line []byte) error {
 			return invalid("dataset line %d: missing field %q", n, field)
 		}
 		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
+		if err := json.Unmarshal(raw, &s); err != nil || string(raw) == "null" {
 			return invalid("dataset line %d: field %q must be a string", n, field)
 		}
 		if strings.TrimSpace(s) == "" {
@@ -114,6 +97,69 @@ func CheckLine(n int, line []byte) error {
 		}
 	}
 	return nil
+}
+
+// checkMessages validates a chat record's "messages": {role, content} objects whose content
+// is a string or OpenAI text parts, ending on a non-blank assistant turn after a prompt.
+func checkMessages(n int, raw json.RawMessage) error {
+	var msgs []json.RawMessage
+	if err := json.Unmarshal(raw, &msgs); err != nil || len(msgs) == 0 {
+		return invalid("dataset line %d: \"messages\" must be a non-empty array of {role, content} objects", n)
+	}
+	var last Message
+	for i, m := range msgs {
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(m, &fields); err != nil || fields == nil {
+			return invalid("dataset line %d: message %d is not an object", n, i)
+		}
+		var msg Message
+		if err := json.Unmarshal(fields["role"], &msg.Role); err != nil {
+			return invalid("dataset line %d: message %d: \"role\" must be a string", n, i)
+		}
+		switch msg.Role {
+		case "system", "user", "assistant", "tool":
+		default:
+			// The role is the client's data: never echoed.
+			return invalid("dataset line %d: message %d has an unknown role (want system, user, assistant or tool)", n, i)
+		}
+		text, ok := contentText(fields["content"])
+		if !ok {
+			return invalid("dataset line %d: message %d: \"content\" must be a string or an array of {\"type\": \"text\", \"text\": ...} parts", n, i)
+		}
+		msg.Content = text
+		last = msg
+	}
+	if len(msgs) < 2 {
+		return invalid("dataset line %d: \"messages\" needs at least a prompt turn and an assistant turn", n)
+	}
+	if last.Role != "assistant" || strings.TrimSpace(last.Content) == "" {
+		return invalid("dataset line %d: the last message must be a non-empty assistant turn", n)
+	}
+	return nil
+}
+
+// contentText returns a message's text: a string, or the joined texts of OpenAI content
+// parts ([{"type": "text", "text": "..."}]); ok is false for anything else (images, audio).
+func contentText(raw json.RawMessage) (string, bool) {
+	var s string
+	if len(raw) > 0 && raw[0] == '"' {
+		return s, json.Unmarshal(raw, &s) == nil
+	}
+	var parts []struct {
+		Type string  `json:"type"`
+		Text *string `json:"text"`
+	}
+	if len(raw) == 0 || raw[0] != '[' || json.Unmarshal(raw, &parts) != nil {
+		return "", false
+	}
+	var b strings.Builder
+	for _, p := range parts {
+		if p.Type != "text" || p.Text == nil {
+			return "", false
+		}
+		b.WriteString(*p.Text)
+	}
+	return b.String(), true
 }
 
 // Copy checks every line of r and writes the records, one per line, to w. Blank lines are

@@ -339,3 +339,35 @@ func TestOpenURIObjectStores(t *testing.T) {
 		})
 	}
 }
+
+// The shared definition of a valid record (testdata/dataset/README.md): the runtime tests the
+// same files, and both examples shipped in the repository are accepted.
+func TestSharedRecordVectors(t *testing.T) {
+	for _, tc := range []struct {
+		file  string
+		valid bool
+	}{
+		{"../testdata/dataset/valid.jsonl", true},
+		{"../testdata/dataset/invalid.jsonl", false},
+		{"../examples/sample-pairs.jsonl", true},
+		{"../examples/sample-chat.jsonl", true},
+	} {
+		raw, err := os.ReadFile(tc.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+		if len(lines) < 3 {
+			t.Fatalf("%s: %d lines", tc.file, len(lines))
+		}
+		for i, line := range lines {
+			err := CheckLine(i+1, []byte(line))
+			if tc.valid && err != nil {
+				t.Errorf("%s line %d refused: %v", tc.file, i+1, err)
+			}
+			if !tc.valid && err == nil {
+				t.Errorf("%s line %d accepted: %s", tc.file, i+1, line)
+			}
+		}
+	}
+}

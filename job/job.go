@@ -158,6 +158,11 @@ type Progress struct {
 	EvalLoss        *float64 `json:"eval_loss"`
 	TokensPerSecond float64  `json:"tokens_per_second"`
 	ETASeconds      *float64 `json:"eta_seconds"`
+	// GPUUtilization (0..1) and GPUMemoryBytes are the latest sample of the machine's GPU
+	// (busy fraction, device memory in use) that the runtime reported; absent on a machine
+	// without a GPU.
+	GPUUtilization *float64 `json:"gpu_utilization,omitempty"`
+	GPUMemoryBytes *int64   `json:"gpu_memory_bytes,omitempty"`
 }
 
 // Machine describes the machine a job runs on, once provisioned.

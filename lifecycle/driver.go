@@ -88,6 +88,9 @@ type Config struct {
 	// CheckpointEvery is how often the runtime writes a checkpoint while it trains; the
 	// Driver copies each into the weights store as soon as it is written. Default 5 minutes.
 	CheckpointEvery time.Duration
+	// Observers are told of every job change the Driver stores (see Observer): webhooks and
+	// metrics. Each must return quickly.
+	Observers []Observer
 }
 
 func (c *Config) defaults() {
@@ -224,6 +227,7 @@ func (d *Driver) Start(ctx context.Context) error {
 			live[j.TrainID] = true
 			d.log.Info("resuming job", "train_id", j.TrainID, "phase", string(j.Status))
 			d.event(ctx, j.TrainID, "resumed", j.Status, "service restarted; resuming the job from "+string(j.Status), nil)
+			d.notify(ctx, Change{Kind: ChangeResumed, Job: j})
 			d.launch(j.TrainID)
 		}
 		if next == "" {
@@ -255,9 +259,9 @@ func (d *Driver) Start(ctx context.Context) error {
 func (d *Driver) reap(name string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(d.baseCtx), d.cfg.TeardownTimeout)
 	defer cancel()
-	d.log.Warn("destroying orphaned stack", "stack", name)
+	d.log.Warn("destroying orphaned stack", "train_id", name, "stack", name)
 	if err := d.prov.Teardown(ctx, name, func(string) {}); err != nil {
-		d.log.Error("destroy orphaned stack", "stack", name, "err", err)
+		d.log.Error("destroy orphaned stack", "train_id", name, "stack", name, "err", err)
 		return
 	}
 	if _, err := d.store.JobGet(ctx, name); err == nil {
@@ -391,10 +395,12 @@ func (d *Driver) update(ctx context.Context, trainID string, fn func(*job.Job) e
 // transition moves the job to status `to`, stamping the phase and recording an event.
 func (d *Driver) transition(ctx context.Context, trainID string, to job.Status, msg string, fn func(*job.Job)) (*job.Job, error) {
 	now := time.Now().UTC()
+	var from job.Status
 	j, err := d.update(ctx, trainID, func(j *job.Job) error {
 		if err := job.CheckTransition(j.Status, to); err != nil {
 			return err
 		}
+		from = j.Status
 		j.Status = to
 		if j.Timestamps == nil {
 			j.Timestamps = map[job.Status]time.Time{}
@@ -408,9 +414,10 @@ func (d *Driver) transition(ctx context.Context, trainID string, to job.Status, 
 	if err != nil {
 		return nil, err
 	}
-	d.log.Info("job moved", "train_id", trainID, "phase", string(to))
+	d.log.Info("job moved", "train_id", trainID, "phase", string(to), "from", string(from))
 	d.event(ctx, trainID, "status", to, msg, nil)
 	d.logLines(ctx, trainID, "service", fmt.Sprintf("status: %s — %s", to, msg))
+	d.notify(ctx, Change{Kind: ChangeStatus, Job: j, From: from})
 	return j, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -370,7 +371,9 @@ var okLines = []string{
 }
 
 type harness struct {
-	t     *testing.T
+	t *testing.T
+	// log, when set before open, replaces the logger that writes to t.Log.
+	log   *slog.Logger
 	dir   string
 	prov  *fakeProvisioner
 	conn  *fakeConnector
@@ -385,6 +388,14 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	return h
 }
 
+// newHarnessLog is newHarness with the Driver logging to log.
+func newHarnessLog(t *testing.T, cfg Config, log *slog.Logger) *harness {
+	t.Helper()
+	h := &harness{t: t, dir: t.TempDir(), prov: newFakeProvisioner(), conn: &fakeConnector{lines: okLines}, log: log}
+	h.open(cfg)
+	return h
+}
+
 func (h *harness) open(cfg Config) {
 	st, err := sqlite.Open(context.Background(), filepath.Join(h.dir, "jobs.db"))
 	if err != nil {
@@ -395,7 +406,11 @@ func (h *harness) open(cfg Config) {
 	cfg.TeardownBackoff = time.Millisecond
 	cfg.WeightsURL = "file:///weights"
 	cfg.ReconnectTimeout = 2 * time.Second
-	drv, err := New(cfg, st, h.prov, h.conn, testLogger(h.t))
+	log := h.log
+	if log == nil {
+		log = testLogger(h.t)
+	}
+	drv, err := New(cfg, st, h.prov, h.conn, log)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -634,6 +634,7 @@ func (f *follower) onLine(line []byte, end int64) error {
 		case progress.EventStep:
 			f.prog.Step, f.prog.TotalSteps, f.prog.Epoch = e.Step, e.TotalSteps, e.Epoch
 			f.prog.Loss, f.prog.TokensPerSecond, f.prog.ETASeconds = e.Loss, e.TokensPerSecond, e.ETASeconds
+			f.prog.GPUUtilization, f.prog.GPUMemoryBytes = e.GPUUtilization, e.GPUMemoryBytes
 		case progress.EventEval:
 			f.prog.EvalLoss = e.EvalLoss
 			f.d.event(f.ctx, f.trainID, "eval", job.StatusTraining, fmt.Sprintf("eval (%s) at step %d", e.Phase, e.Step),
@@ -669,7 +670,7 @@ func (f *follower) flush() error {
 		f.pending = f.pending[:0]
 	}
 	now := time.Now().UTC()
-	_, err := f.d.update(f.ctx, f.trainID, func(j *job.Job) error {
+	j, err := f.d.update(f.ctx, f.trainID, func(j *job.Job) error {
 		j.Progress = f.prog
 		j.Internal.ProgressOffset = f.offset
 		j.CostUSD = j.Cost(now)
@@ -677,6 +678,7 @@ func (f *follower) flush() error {
 	})
 	if err == nil {
 		f.dirty = false
+		f.d.notify(f.ctx, Change{Kind: ChangeProgress, Job: j})
 	}
 	return err
 }

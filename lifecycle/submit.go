@@ -163,6 +163,7 @@ func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, 
 		return nil, false, fmt.Errorf("store dataset: %w", err)
 	}
 	d.event(ctx, j.TrainID, "status", job.StatusQueued, fmt.Sprintf("job accepted: %d pairs, dataset sha256 %s", res.Records, res.SHA256), nil)
+	d.notify(ctx, Change{Kind: ChangeStatus, Job: j})
 	d.launch(j.TrainID)
 	return j, true, nil
 }

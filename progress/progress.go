@@ -65,11 +65,15 @@ type Event struct {
 	TokensPerSecond float64  `json:"tokens_per_second,omitempty"`
 	MFU             *float64 `json:"mfu,omitempty"`
 	ETASeconds      *float64 `json:"eta_seconds,omitempty"`
-	EvalLoss        *float64 `json:"eval_loss,omitempty"`
-	Perplexity      *float64 `json:"perplexity,omitempty"`
-	Phase           string   `json:"phase,omitempty"`
-	Path            string   `json:"path,omitempty"`
-	Reason          string   `json:"reason,omitempty"`
+	// GPUUtilization (0..1) and GPUMemoryBytes are sampled on the machine at a step; nil on a
+	// machine without a GPU, or when the runtime could not sample them.
+	GPUUtilization *float64 `json:"gpu_utilization,omitempty"`
+	GPUMemoryBytes *int64   `json:"gpu_memory_bytes,omitempty"`
+	EvalLoss       *float64 `json:"eval_loss,omitempty"`
+	Perplexity     *float64 `json:"perplexity,omitempty"`
+	Phase          string   `json:"phase,omitempty"`
+	Path           string   `json:"path,omitempty"`
+	Reason         string   `json:"reason,omitempty"`
 
 	// log
 	Level   string `json:"level,omitempty"`

@@ -85,3 +85,14 @@ func TestRejectsOversizedAndOtherVersions(t *testing.T) {
 		t.Fatalf("v2 line: %v", err)
 	}
 }
+
+func TestStepGPUSample(t *testing.T) {
+	e, err := Parse([]byte(`{"v":1,"event":"step","time":2,"step":1,"total_steps":2,"epoch":0.5,"loss":2.5,"learning_rate":0.1,"tokens_per_second":10,"eta_seconds":1,"gpu_utilization":0.87,"gpu_memory_bytes":12884901888}`))
+	if err != nil || e.GPUUtilization == nil || *e.GPUUtilization != 0.87 || e.GPUMemoryBytes == nil || *e.GPUMemoryBytes != 12<<30 {
+		t.Fatalf("step with a GPU sample: %+v, %v", e, err)
+	}
+	e, err = Parse([]byte(`{"v":1,"event":"step","time":2,"step":1,"total_steps":2,"epoch":0.5,"loss":2.5,"learning_rate":0.1,"tokens_per_second":10,"eta_seconds":1}`))
+	if err != nil || e.GPUUtilization != nil || e.GPUMemoryBytes != nil {
+		t.Fatalf("step on a CPU: %+v, %v", e, err)
+	}
+}

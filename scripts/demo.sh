@@ -75,10 +75,10 @@ id=demo-$(date -u +%Y%m%d-%H%M%S)
 started=$(date +%s)
 "$bin/understudy-train" start --train-id "$id" --endpoint-id demo-endpoint --version 1 \
   --slm-type "$model" --source-llm gpt-3.5-turbo --provider "$provider" --dataset "$dataset" \
-  --hyperparameters '{"epochs":3}' --wait || fail "job $id did not complete"
+  --hyperparameters '{"epochs":3}' --follow || fail "job $id did not complete"
 elapsed=$(( $(date +%s) - started ))
 
-"$bin/understudy-train" status "$id" >"$data/status.json" || fail "status of $id"
+"$bin/understudy-train" status --json "$id" >"$data/status.json" || fail "status of $id"
 "$bin/understudy-train" stacks >"$data/stacks.txt" || fail "listing stacks"
 
 python3 - "$data" "$id" "$elapsed" "$provider" "$fake_url" <<'PY' || fail "checks after the job"

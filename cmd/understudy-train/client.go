@@ -1,18 +1,17 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,39 +19,18 @@ import (
 	"github.com/understudy-ai/training-service/dataset"
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/lifecycle"
-	"github.com/understudy-ai/training-service/progress"
 )
 
 // client talks to a running service.
 type client struct {
 	base  string
 	token string
-	http  *http.Client
+	// tokenSource says where the token came from, to name it when the service refuses it.
+	tokenSource string
+	http        *http.Client
 }
 
-func clientFlags(name string, stderr io.Writer) (*flag.FlagSet, *string, *string) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	u := fs.String("url", envOr("UNDERSTUDY_URL", "http://127.0.0.1:8080"), "service URL")
-	tf := fs.String("token-file", os.Getenv("UNDERSTUDY_API_TOKEN_FILE"), "file holding the API token (default $UNDERSTUDY_API_TOKEN, else ./.understudy/api-token)")
-	return fs, u, tf
-}
-
-func newClient(base, tokenFile string) (*client, error) {
-	tok := strings.TrimSpace(os.Getenv("UNDERSTUDY_API_TOKEN"))
-	if tok == "" {
-		p := tokenFile
-		if p == "" {
-			p = filepath.Join(envOr("UNDERSTUDY_DATA_DIR", ".understudy"), "api-token")
-		}
-		t, err := readSecretFile(p)
-		if err != nil {
-			return nil, usageError("no API token: set UNDERSTUDY_API_TOKEN or --token-file (" + err.Error() + ")")
-		}
-		tok = t
-	}
-	return &client{base: strings.TrimRight(base, "/"), token: tok, http: &http.Client{}}, nil
-}
+func newHTTPClient() *http.Client { return &http.Client{} }
 
 // apiError is an error answer of the service.
 type apiError struct {
@@ -90,11 +68,7 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		return resp.StatusCode, err
 	}
 	if resp.StatusCode >= 400 {
-		var eb struct {
-			Error struct{ Code, Message string }
-		}
-		json.Unmarshal(raw, &eb)
-		return resp.StatusCode, &apiError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+		return resp.StatusCode, c.answerError(resp.StatusCode, raw)
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {
@@ -102,6 +76,23 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		}
 	}
 	return resp.StatusCode, nil
+}
+
+// answerError turns an error answer into an apiError; a refused token names where it came
+// from.
+func (c *client) answerError(status int, raw []byte) error {
+	var eb struct {
+		Error struct{ Code, Message string }
+	}
+	if json.Unmarshal(raw, &eb) != nil || eb.Error.Code == "" {
+		eb.Error.Code = "http_" + strconv.Itoa(status)
+		eb.Error.Message = http.StatusText(status)
+	}
+	e := &apiError{Status: status, Code: eb.Error.Code, Message: eb.Error.Message}
+	if status == http.StatusUnauthorized && c.tokenSource != "" {
+		e.Message += "; the token came from " + c.tokenSource
+	}
+	return e
 }
 
 func printJSON(w io.Writer, v any) {
@@ -125,7 +116,7 @@ func checkDataset(ctx context.Context, path string) (int, error) {
 }
 
 func clientStart(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, u, tf := clientFlags("start", stderr)
+	fs, cf := newFlagSet("start", "", "Submit a training job. With --follow, watch it until it ends.", stderr)
 	trainID := fs.String("train-id", "", "job id (default: generated)")
 	endpoint := fs.String("endpoint-id", "", "Understudy endpoint id (required)")
 	version := fs.Int("version", 1, "model version")
@@ -135,22 +126,26 @@ func clientStart(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	datasetPath := fs.String("dataset", "", "JSONL dataset on this machine (sent as a file:// dataset_uri)")
 	datasetURI := fs.String("dataset-uri", "", "dataset storage URL")
 	hp := fs.String("hyperparameters", "", `hyperparameters as JSON, e.g. {"epochs":2}`)
-	maxDur := fs.Int("max-duration", 0, "max_duration_seconds (0: none)")
+	maxDur := fs.Int("max-duration", 0, "max_duration_seconds (0: the service's default)")
 	gpuType := fs.String("gpu-type", "", "the provider's GPU type (RunPod GPU type id, Lambda instance type); default: the service's")
 	spot := fs.Bool("spot", false, "ask for an interruptible (spot) machine")
 	fallback := fs.Bool("on-demand-fallback", false, "with --spot, take an on-demand machine when no spot machine can be had")
-	wait := fs.Bool("wait", false, "follow the job's log until it ends; exit non-zero unless it completes")
-	raw := fs.Bool("raw", false, "with --wait, print log lines as stored (progress as JSON)")
-	if err := fs.Parse(args); err != nil {
+	follow := fs.Bool("follow", false, "watch the job until it ends (a progress bar on a terminal); exit non-zero unless it completes")
+	fs.BoolVar(follow, "wait", false, "the same as --follow")
+	raw := fs.Bool("raw", false, "with --follow, print log lines as stored (progress as JSON)")
+	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("start takes no arguments, only flags: " + strings.Join(fs.Args(), " "))
 	}
 	if *endpoint == "" {
 		return usageError("start: --endpoint-id is required")
 	}
 	if (*datasetPath == "") == (*datasetURI == "") {
-		return usageError("start: give exactly one of --dataset or --dataset-uri")
+		return usageError("start: give exactly one of --dataset (a file here) or --dataset-uri (a storage URL)")
 	}
-	c, err := newClient(*u, *tf)
+	c, err := cf.connect()
 	if err != nil {
 		return err
 	}
@@ -178,23 +173,22 @@ func clientStart(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		n, err := checkDataset(ctx, abs)
 		if err != nil {
-			return fmt.Errorf("read dataset: %w", err)
+			return fmt.Errorf("read dataset %s: %w", *datasetPath, err)
 		}
 		body["dataset_uri"] = "file://" + abs
 		body["training_pairs_count"] = n
 	} else {
 		body["dataset_uri"] = *datasetURI
 	}
-	if *slm != "" {
-		if st, err := os.Stat(*slm); err == nil && st.IsDir() {
-			abs, _ := filepath.Abs(*slm)
-			body["slm_type"] = abs
-		}
+	model, note, err := resolveModel(*slm)
+	if err != nil {
+		return err
 	}
+	body["slm_type"] = model
 	if *hp != "" {
 		var v map[string]any
 		if err := json.Unmarshal([]byte(*hp), &v); err != nil {
-			return usageError("start: --hyperparameters must be a JSON object")
+			return usageError(`start: --hyperparameters must be a JSON object, e.g. {"epochs":2}`)
 		}
 		body["hyperparameters"] = v
 	}
@@ -206,52 +200,133 @@ func clientStart(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	if cf.json && !*follow {
+		printJSON(stdout, j)
+		return nil
+	}
 	verb := "accepted"
 	if code == http.StatusOK {
 		verb = "already exists"
 	}
-	fmt.Fprintf(stdout, "job %s %s (%s)\n", j.TrainID, verb, j.Status)
-	if !*wait {
+	fmt.Fprintf(stdout, "job %s %s (%s); model %s\n", j.TrainID, verb, j.Status, note)
+	if !*follow {
+		fmt.Fprintf(stdout, "follow it: understudy-train logs %s\n", j.TrainID)
 		return nil
 	}
-	return followLogs(ctx, c, j.TrainID, stdout, *raw)
+	return watch(ctx, c, j.TrainID, stdout, *raw, cf.json)
 }
 
-func oneID(fs *flag.FlagSet, args []string, name string) (string, error) {
-	if err := fs.Parse(args); err != nil {
-		return "", err
+// resolveModel says what slm_type will be taken for: an existing directory here is sent as
+// its absolute path (the service reads it under its --model-root); a path that does not
+// exist is refused; anything else is a Hugging Face id, and the note says so.
+func resolveModel(slm string) (model, note string, err error) {
+	if slm == "" {
+		return "", "", usageError("start: --slm-type is empty")
 	}
-	if fs.NArg() != 1 {
-		return "", usageError(name + ": give exactly one train_id")
+	p := strings.TrimPrefix(slm, "file://")
+	if st, err := os.Stat(p); err == nil && st.IsDir() {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return "", "", err
+		}
+		return abs, "from the local directory " + abs, nil
 	}
-	return fs.Arg(0), nil
+	if looksLikePath(slm) {
+		return "", "", usageError(fmt.Sprintf("start: --slm-type %s looks like a path, but there is no such directory here; give a local model directory or a Hugging Face id such as microsoft/DialoGPT-small", slm))
+	}
+	return slm, slm + " (not a directory here, so taken as a Hugging Face id: the training machine downloads it)", nil
+}
+
+func looksLikePath(s string) bool {
+	return strings.HasPrefix(s, "file://") || strings.HasPrefix(s, "/") || strings.HasPrefix(s, "./") ||
+		strings.HasPrefix(s, "../") || strings.HasPrefix(s, "~") || strings.Count(s, "/") > 1
 }
 
 func clientStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, u, tf := clientFlags("status", stderr)
-	id, err := oneID(fs, args, "status")
+	fs, cf := newFlagSet("status", "<train_id>", "Show a job: a summary, or with --json the whole status document.", stderr)
+	id, err := oneID(fs, args)
 	if err != nil {
 		return err
 	}
-	c, err := newClient(*u, *tf)
+	c, err := cf.connect()
 	if err != nil {
 		return err
 	}
-	var v any
-	if _, err := c.do(ctx, http.MethodGet, "/api/v1/training/"+url.PathEscape(id)+"/status", nil, &v); err != nil {
+	var doc json.RawMessage
+	if _, err := c.do(ctx, http.MethodGet, statusPath(id), nil, &doc); err != nil {
 		return err
 	}
-	printJSON(stdout, v)
+	if cf.json {
+		var v any
+		json.Unmarshal(doc, &v)
+		printJSON(stdout, v)
+		return nil
+	}
+	var j job.Job
+	if err := json.Unmarshal(doc, &j); err != nil {
+		return fmt.Errorf("decode status: %w", err)
+	}
+	printSummary(stdout, &j)
 	return nil
 }
 
+func statusPath(id string) string { return "/api/v1/training/" + url.PathEscape(id) + "/status" }
+
+// printSummary prints what a person wants to know of a job, one fact a line.
+func printSummary(w io.Writer, j *job.Job) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{k}, args...)...) }
+	row("job", "%s", j.TrainID)
+	row("status", "%s", j.Status)
+	row("endpoint", "%s v%d", j.EndpointID, j.Version)
+	row("model", "%s", j.SLMType)
+	where := j.Provider
+	if j.Machine != nil && j.Machine.GPU != "" {
+		where += ", " + j.Machine.GPU
+	}
+	row("provider", "%s", where)
+	if p := j.Progress; p.TotalSteps > 0 {
+		line := fmt.Sprintf("step %d/%d", p.Step, p.TotalSteps)
+		if p.Loss != nil {
+			line += fmt.Sprintf(", loss %.4f", *p.Loss)
+		}
+		if p.TokensPerSecond > 0 {
+			line += fmt.Sprintf(", %s tokens/s", humanCount(p.TokensPerSecond))
+		}
+		if p.ETASeconds != nil && !j.Status.Terminal() {
+			line += ", ETA " + (time.Duration(*p.ETASeconds) * time.Second).String()
+		}
+		row("progress", "%s", line)
+	}
+	row("cost", "$%.4f", j.CostUSD)
+	if start, ok := j.Timestamps[job.StatusQueued]; ok {
+		end := time.Now()
+		for _, s := range []job.Status{job.StatusCompleted, job.StatusFailed, job.StatusCancelled} {
+			if t, ok := j.Timestamps[s]; ok {
+				end = t
+			}
+		}
+		row("duration", "%s", end.Sub(start).Round(time.Second))
+	}
+	if j.WeightsURI != "" {
+		row("weights", "%s", j.WeightsURI)
+	}
+	if j.CheckpointURI != "" {
+		row("checkpoint", "%s", j.CheckpointURI)
+	}
+	if j.Error != nil {
+		row("error", "%s: %s", j.Error.Code, j.Error.Message)
+	}
+	tw.Flush()
+}
+
 func clientCancel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, u, tf := clientFlags("cancel", stderr)
-	id, err := oneID(fs, args, "cancel")
+	fs, cf := newFlagSet("cancel", "<train_id>", "Cancel a job: its machine is stopped and torn down.", stderr)
+	id, err := oneID(fs, args)
 	if err != nil {
 		return err
 	}
-	c, err := newClient(*u, *tf)
+	c, err := cf.connect()
 	if err != nil {
 		return err
 	}
@@ -259,131 +334,38 @@ func clientCancel(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if _, err := c.do(ctx, http.MethodPost, "/api/v1/training/"+url.PathEscape(id)+"/cancel", nil, &j); err != nil {
 		return err
 	}
+	if cf.json {
+		printJSON(stdout, j)
+		return nil
+	}
 	fmt.Fprintf(stdout, "cancelling %s (was %s)\n", j.TrainID, j.Status)
 	return nil
 }
 
 func clientLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, u, tf := clientFlags("logs", stderr)
+	fs, cf := newFlagSet("logs", "<train_id>", "Follow a job's log and progress until it ends (a progress bar on a terminal).", stderr)
 	raw := fs.Bool("raw", false, "print log lines as stored (progress as JSON)")
-	id, err := oneID(fs, args, "logs")
+	id, err := oneID(fs, args)
 	if err != nil {
 		return err
 	}
-	c, err := newClient(*u, *tf)
+	c, err := cf.connect()
 	if err != nil {
 		return err
 	}
-	return followLogs(ctx, c, id, stdout, *raw)
-}
-
-// render turns one log line into what a person reads: progress events as short summaries,
-// other streams as they are.
-func render(stream, text string) string {
-	if stream != "progress" {
-		return "[" + stream + "] " + text
-	}
-	e, err := progress.Parse([]byte(text))
-	if err != nil {
-		return "[runtime] " + text
-	}
-	f := func(p *float64, format string) string {
-		if p == nil {
-			return "-"
-		}
-		return fmt.Sprintf(format, *p)
-	}
-	switch e.Event {
-	case progress.EventStart:
-		return fmt.Sprintf("[train] start: %s on %s, %d steps, %d pairs used, %d skipped", e.Model, e.Device, e.TotalSteps, e.PairsUsed, e.PairsSkipped)
-	case progress.EventStep:
-		return fmt.Sprintf("[train] step %d/%d  epoch %.2f  loss %s  lr %s  %.0f tok/s  eta %ss",
-			e.Step, e.TotalSteps, e.Epoch, f(e.Loss, "%.4f"), f(e.LearningRate, "%.2e"), e.TokensPerSecond, f(e.ETASeconds, "%.0f"))
-	case progress.EventEval:
-		return fmt.Sprintf("[train] eval (%s) at step %d: loss %s, perplexity %s", e.Phase, e.Step, f(e.EvalLoss, "%.4f"), f(e.Perplexity, "%.2f"))
-	case progress.EventCheckpoint:
-		return fmt.Sprintf("[train] checkpoint at step %d (%s)", e.Step, e.Reason)
-	case progress.EventLog:
-		return "[train] " + e.Message
-	case progress.EventDone:
-		return fmt.Sprintf("[train] done: %d files", len(e.Files))
-	case progress.EventError:
-		return fmt.Sprintf("[train] error %s: %s", e.Code, e.Message)
-	}
-	return ""
-}
-
-// followLogs prints a job's log stream and returns jobFailed unless it completes. With raw,
-// lines are printed as stored.
-func followLogs(ctx context.Context, c *client, id string, stdout io.Writer, raw bool) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/api/v1/training/"+url.PathEscape(id)+"/logs", nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("reach the service: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		raw, _ := io.ReadAll(resp.Body)
-		return fmt.Errorf("logs: %s: %s", resp.Status, bytes.TrimSpace(raw))
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	var event string
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "event: "):
-			event = strings.TrimPrefix(line, "event: ")
-		case strings.HasPrefix(line, "data: "):
-			data := strings.TrimPrefix(line, "data: ")
-			switch event {
-			case "log":
-				var l struct{ Stream, Text string }
-				json.Unmarshal([]byte(data), &l)
-				if raw {
-					fmt.Fprintf(stdout, "[%s] %s\n", l.Stream, l.Text)
-				} else if line := render(l.Stream, l.Text); line != "" {
-					fmt.Fprintln(stdout, line)
-				}
-			case "end":
-				var v struct {
-					Status job.Status
-					Error  *job.Failure
-				}
-				json.Unmarshal([]byte(data), &v)
-				if v.Status != job.StatusCompleted {
-					msg := string(v.Status)
-					if v.Error != nil {
-						msg += ": " + v.Error.Code + ": " + v.Error.Message
-					}
-					return jobFailed("job " + id + " ended " + msg)
-				}
-				return nil
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read log stream: %w", err)
-	}
-	return fmt.Errorf("the log stream of %s ended before the job did", id)
+	return watch(ctx, c, id, stdout, *raw, cf.json)
 }
 
 func clientList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, u, tf := clientFlags("list", stderr)
+	fs, cf := newFlagSet("list", "", "List jobs, newest first.", stderr)
 	status := fs.String("status", "", "comma-separated statuses")
 	endpoint := fs.String("endpoint-id", "", "only this endpoint's jobs")
 	limit := fs.Int("limit", 50, "page size")
 	cursor := fs.String("cursor", "", "page cursor from a previous list")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	c, err := newClient(*u, *tf)
+	c, err := cf.connect()
 	if err != nil {
 		return err
 	}
@@ -405,17 +387,11 @@ func clientList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if _, err := c.do(ctx, http.MethodGet, "/api/v1/training?"+q.Encode(), nil, &out); err != nil {
 		return err
 	}
-	if *asJSON {
+	if cf.json {
 		printJSON(stdout, out)
 		return nil
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TRAIN_ID\tENDPOINT\tVERSION\tPROVIDER\tSTATUS\tSTEP\tCREATED")
-	for _, j := range out.Jobs {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d/%d\t%s\n", j.TrainID, j.EndpointID, j.Version, j.Provider, j.Status,
-			j.Progress.Step, j.Progress.TotalSteps, j.CreatedAt.Format(time.RFC3339))
-	}
-	tw.Flush()
+	printJobs(stdout, out.Jobs)
 	if out.NextCursor != "" {
 		fmt.Fprintf(stdout, "more: --cursor %s\n", out.NextCursor)
 	}
@@ -426,11 +402,11 @@ func clientStacks(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if len(args) > 0 && args[0] == "gc" {
 		return clientStacksGC(ctx, args[1:], stdout, stderr)
 	}
-	fs, u, tf := clientFlags("stacks", stderr)
-	if err := fs.Parse(args); err != nil {
+	fs, cf := newFlagSet("stacks", "", "List the Pulumi stacks and the jobs that own them (stacks gc: machines no stack owns).", stderr)
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	c, err := newClient(*u, *tf)
+	c, err := cf.connect()
 	if err != nil {
 		return err
 	}
@@ -444,6 +420,10 @@ func clientStacks(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if _, err := c.do(ctx, http.MethodGet, "/api/v1/stacks", nil, &out); err != nil {
 		return err
 	}
+	if cf.json {
+		printJSON(stdout, out)
+		return nil
+	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STACK\tJOB_STATUS\tORPHANED")
 	for _, s := range out.Stacks {
@@ -455,15 +435,15 @@ func clientStacks(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // clientStacksGC lists the machines and keys at the clouds that carry the service's name
 // but belong to no stack, and with --yes removes them.
 func clientStacksGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, u, tf := clientFlags("stacks gc", stderr)
+	fs, cf := newFlagSet("stacks gc", "", "List machines and keys at the clouds that carry the service's name but belong to no stack; --yes removes them.", stderr)
 	yes := fs.Bool("yes", false, "terminate what is listed (without it, only list)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError("stacks gc takes no arguments")
 	}
-	c, err := newClient(*u, *tf)
+	c, err := cf.connect()
 	if err != nil {
 		return err
 	}
@@ -474,6 +454,10 @@ func clientStacksGC(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	if _, err := c.do(ctx, method, "/api/v1/stacks/gc", nil, &res); err != nil {
 		return err
+	}
+	if cf.json {
+		printJSON(stdout, res)
+		return nil
 	}
 	if len(res.Orphans) == 0 {
 		fmt.Fprintln(stdout, "no orphaned machines or keys")

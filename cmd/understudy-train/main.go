@@ -96,7 +96,9 @@ func exitCode(err error) int {
 	var u usageError
 	var jf jobFailed
 	switch {
-	case errors.As(err, &u), errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, flag.ErrHelp):
+		return 0 // asked for help, and got it
+	case errors.As(err, &u):
 		return 2
 	case errors.As(err, &jf):
 		return 3

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/understudy-ai/training-service/internal/testenv"
 )
 
 func TestConfigValidateNamesTheField(t *testing.T) {
@@ -51,9 +53,9 @@ func TestAPITokenIsMadeOwnerOnlyAndReused(t *testing.T) {
 	if err != nil || again != tok {
 		t.Fatalf("second start made a new token: %q vs %q (%v)", again, tok, err)
 	}
-	t.Setenv("UNDERSTUDY_API_TOKEN", "from-env")
-	if tok, _ := apiToken("", dir, log); tok != "from-env" {
-		t.Fatalf("environment not preferred: %q", tok)
+	t.Setenv("UNDERSTUDY_API_TOKEN", "from-env-0123456789abcdefghij")
+	if tok, err := apiToken("", dir, log); err != nil || tok != "from-env-0123456789abcdefghij" {
+		t.Fatalf("environment not preferred: %q %v", tok, err)
 	}
 }
 
@@ -99,7 +101,7 @@ func TestRenderProgress(t *testing.T) {
 			t.Errorf("render(%s) = %q, want %q", in, got, want)
 		}
 	}
-	if got := render("pulumi", "Resources: 2 created"); got != "[pulumi] Resources: 2 created" {
+	if got := render("service", "status: queued"); got != "[service] status: queued" {
 		t.Errorf("other streams: %q", got)
 	}
 }
@@ -113,5 +115,42 @@ func TestStartChecksTheDatasetBeforeSending(t *testing.T) {
 	err := run(context.Background(), []string{"start", "--endpoint-id", "e", "--dataset", p}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "line 2") || !strings.Contains(err.Error(), "response") {
 		t.Fatalf("got %v, want the dataset's bad line named", err)
+	}
+}
+
+func TestWeakOrPlaceholderTokensAreRefused(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	for _, tok := range []string{"change-me", "CHANGEME-0123456789abcdefghij", "short-but-random-1", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+		"my-secret-token-0123456789"} {
+		t.Setenv("UNDERSTUDY_API_TOKEN", tok)
+		if _, err := apiToken("", t.TempDir(), log); err == nil || !strings.Contains(err.Error(), "$UNDERSTUDY_API_TOKEN") {
+			t.Errorf("%q: %v, want a refusal naming its source", tok, err)
+		}
+	}
+	t.Setenv("UNDERSTUDY_API_TOKEN", "")
+	p := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(p, []byte("change-me\n"), 0o600)
+	if _, err := apiToken(p, t.TempDir(), log); err == nil || !strings.Contains(err.Error(), p) {
+		t.Errorf("placeholder in a token file: %v", err)
+	}
+	t.Setenv("UNDERSTUDY_API_TOKEN", "3f9c1d2e8b7a6054c3b2a1f0e9d8c7b6")
+	if _, err := apiToken("", t.TempDir(), log); err != nil {
+		t.Errorf("a random token: %v", err)
+	}
+}
+
+// A secret mounted for a non-root process by a container platform: root's, readable by the
+// process's group only (mode 0440) — taken; readable by others — refused.
+func TestPlatformMountedSecretFiles(t *testing.T) {
+	testenv.RequireRoot(t, "a secret file owned by root")
+	p := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(p, []byte("3f9c1d2e8b7a6054c3b2a1f0e9d8c7b6\n"), 0o440)
+	os.Chmod(p, 0o440)
+	if _, err := readSecretFile(p); err != nil {
+		t.Errorf("0440 root:own-group: %v", err)
+	}
+	os.Chmod(p, 0o444)
+	if _, err := readSecretFile(p); err == nil {
+		t.Error("0444 accepted")
 	}
 }

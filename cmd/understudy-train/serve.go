@@ -10,21 +10,24 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/understudy-ai/training-service/api"
 	"github.com/understudy-ai/training-service/dataset"
 	"github.com/understudy-ai/training-service/internal/sysuser"
 	"github.com/understudy-ai/training-service/lifecycle"
+	"github.com/understudy-ai/training-service/metrics"
 	"github.com/understudy-ai/training-service/programs"
 	"github.com/understudy-ai/training-service/provider/cloudapi"
 	"github.com/understudy-ai/training-service/stacks"
 	"github.com/understudy-ai/training-service/storage"
 	"github.com/understudy-ai/training-service/store/sqlite"
 	"github.com/understudy-ai/training-service/trainer"
+	"github.com/understudy-ai/training-service/webhook"
 )
 
 // Config is the service's configuration: defaults in code, flags and environment on top.
@@ -58,6 +61,13 @@ type Config struct {
 	// which the service copies off the machine at once.
 	MaxAttempts     int
 	CheckpointEvery time.Duration
+	// WebhookURL receives a signed POST of the job's status document on every status
+	// change; WebhookSecretFile holds the signing secret (owner-only).
+	WebhookURL        string
+	WebhookSecretFile string
+	// MetricsListen, when set, serves /metrics there without a token (and not on Listen);
+	// otherwise /metrics is on Listen and needs the API token.
+	MetricsListen string
 }
 
 // Validate names the first bad field.
@@ -95,6 +105,22 @@ func (c *Config) Validate() error {
 	}
 	if c.CheckpointEvery != 0 && (c.CheckpointEvery < time.Second || c.CheckpointEvery > 24*time.Hour) {
 		return fmt.Errorf("--checkpoint-every %v: want 0 (the default, 5m) or 1s up to 24h", c.CheckpointEvery)
+	}
+	if c.WebhookURL != "" {
+		u, err := url.Parse(c.WebhookURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+			return fmt.Errorf("--webhook-url %q: want an http or https URL without credentials", c.WebhookURL)
+		}
+		if c.WebhookSecretFile == "" {
+			return errors.New("--webhook-url needs --webhook-secret-file: every delivery is signed")
+		}
+	} else if c.WebhookSecretFile != "" {
+		return errors.New("--webhook-secret-file without --webhook-url")
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen %q: want host:port", c.MetricsListen)
+		}
 	}
 	return nil
 }
@@ -154,6 +180,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError("UNDERSTUDY_CHECKPOINT_EVERY: " + err.Error())
 	}
 	fs.DurationVar(&cfg.CheckpointEvery, "checkpoint-every", defaultCkpt, "how often the runtime writes a checkpoint while it trains; each is copied into the weights store at once, for a replacement machine to resume from")
+	fs.StringVar(&cfg.WebhookURL, "webhook-url", os.Getenv("UNDERSTUDY_WEBHOOK_URL"), "URL that gets a signed POST of the job's status document on every status change (docs/operations.md); needs --webhook-secret-file")
+	fs.StringVar(&cfg.WebhookSecretFile, "webhook-secret-file", os.Getenv("UNDERSTUDY_WEBHOOK_SECRET_FILE"), "owner-only file holding the secret that signs webhook deliveries (HMAC-SHA256)")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", os.Getenv("UNDERSTUDY_METRICS_LISTEN"), "serve Prometheus /metrics on this separate address, without a token (default: on --listen, behind the API token)")
 	if err := cfg.Limits.register(fs); err != nil {
 		return usageError(err.Error())
 	}
@@ -241,6 +270,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	provs.programs.Local = local.Config
+	// A workers dir outside the data dir goes when the service does, if no worker is left
+	// in it (one that is reattaches at the next start).
+	defer os.Remove(local.Config.BaseDir)
 	if local.NotReady != "" {
 		provs.programs.NotConfigured["local"] = local.NotReady
 		provs.status["local"] = "not configured: " + local.NotReady
@@ -259,6 +291,30 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	for name, st := range provs.status {
 		log.Info("provider", "provider", name, "status", st)
+	}
+	mtr := metrics.New()
+	observers := []lifecycle.Observer{mtr}
+	var hooks *webhook.Notifier
+	if cfg.WebhookURL != "" {
+		secret, err := readSecretFile(cfg.WebhookSecretFile)
+		if err != nil {
+			return fmt.Errorf("webhook secret: %w", err)
+		}
+		hooks, err = webhook.New(webhook.Options{URL: cfg.WebhookURL, Secret: secret, Render: api.StatusDocument,
+			Logger: log, Report: mtr.WebhookDelivery})
+		if err != nil {
+			return err
+		}
+		observers = append(observers, hooks)
+		defer func() {
+			// Drain briefly: a delivery still queued at exit is lost (the receiver reads
+			// GET status for the truth).
+			hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := hooks.Close(hctx); err != nil {
+				log.Warn("webhook deliveries left unsent at shutdown", "err", err)
+			}
+		}()
 	}
 	drv, err := lifecycle.New(lifecycle.Config{
 		DataDir:            dataDir,
@@ -280,6 +336,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 		MaxAttempts:     cfg.MaxAttempts,
 		CheckpointEvery: cfg.CheckpointEvery,
+
+		Observers: observers,
 	}, st, prov, lifecycle.NewSSHConnector(weights.Bucket, log), log)
 	if err != nil {
 		return err
@@ -289,10 +347,31 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := api.NewHTTPServer(ctx, api.New(drv, api.Options{Token: token, Providers: programs.Names(), ProviderStatus: provs.status, Logger: log,
-		MaxPairs: cfg.Limits.MaxPairs, MaxStreams: cfg.Limits.MaxStreams, SpoolDir: drv.UploadDir()}))
+	var handler http.Handler = api.New(drv, api.Options{Token: token, Providers: programs.Names(), ProviderStatus: provs.status, Logger: log,
+		MaxPairs: cfg.Limits.MaxPairs, MaxStreams: cfg.Limits.MaxStreams, SpoolDir: drv.UploadDir()})
+	var metricsSrv *http.Server
+	if cfg.MetricsListen == "" {
+		// On the API's listener the metrics need the API token, as every other read does.
+		handler = mtr.Mount(handler, token)
+	} else {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen for metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET "+metrics.Path, mtr.Handler())
+		metricsSrv = api.NewHTTPServer(ctx, mux)
+		go metricsSrv.Serve(mln)
+		log.Info("serving metrics", "listen", mln.Addr().String())
+		fmt.Fprintf(stdout, "understudy-train metrics on http://%s%s\n", mln.Addr(), metrics.Path)
+	}
+	srv := api.NewHTTPServer(ctx, handler)
 	if err := drv.Start(ctx); err != nil {
 		ln.Close()
+		if metricsSrv != nil {
+			metricsSrv.Close()
+		}
 		return err
 	}
 	log.Info("serving", "listen", ln.Addr().String(), "data_dir", dataDir, "weights", weights.BaseURI)
@@ -311,55 +390,14 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
+	if metricsSrv != nil {
+		metricsSrv.Shutdown(sctx)
+	}
 	err = drv.Stop(sctx)
 	if cerr := mgr.Close(sctx); err == nil {
 		err = cerr
 	}
 	return err
-}
-
-// apiToken returns the API token from the environment, the token file, or a new one made
-// and written 0600 into the data dir.
-func apiToken(tokenFile, dataDir string, log *slog.Logger) (string, error) {
-	if t := strings.TrimSpace(os.Getenv("UNDERSTUDY_API_TOKEN")); t != "" {
-		return t, nil
-	}
-	if tokenFile != "" {
-		return readSecretFile(tokenFile)
-	}
-	p := filepath.Join(dataDir, "api-token")
-	if t, err := readSecretFile(p); err == nil {
-		log.Info("using the API token", "file", p)
-		return t, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return "", err
-	}
-	t := randomHex(32)
-	if err := os.WriteFile(p, []byte(t+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("write API token: %w", err)
-	}
-	log.Info("made a new API token", "file", p)
-	return t, nil
-}
-
-// readSecretFile reads a secret, refusing a file that others can read.
-func readSecretFile(p string) (string, error) {
-	st, err := os.Stat(p)
-	if err != nil {
-		return "", err
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("secret file %s is readable by others (mode %o); chmod 600 it", p, st.Mode().Perm())
-	}
-	raw, err := os.ReadFile(p)
-	if err != nil {
-		return "", err
-	}
-	t := strings.TrimSpace(string(raw))
-	if t == "" {
-		return "", fmt.Errorf("secret file %s is empty", p)
-	}
-	return t, nil
 }
 
 func randomHex(n int) string {

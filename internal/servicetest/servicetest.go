@@ -7,6 +7,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,10 +20,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/understudy-ai/training-service/api"
+	"github.com/understudy-ai/training-service/internal/openapitest"
 	"github.com/understudy-ai/training-service/internal/testenv"
 )
 
@@ -129,7 +134,7 @@ func New(t testing.TB, bin, python string) *Service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Service{t: t, bin: bin, python: python, Data: data, Token: "test-token-" + strconv.Itoa(os.Getpid()),
+	s := &Service{t: t, bin: bin, python: python, Data: data, Token: testToken(),
 		// t.TempDir's directories share one parent per test.
 		DatasetRoots: []string{datasetsRoot(t), filepath.Dir(t.TempDir()), filepath.Join(repoRoot(), "examples")},
 		ModelRoots:   []string{tinyModelRoot()},
@@ -161,7 +166,7 @@ func NewAs(t testing.TB, bin, python string, u *user.User) *Service {
 	if err := os.Chown(data, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	s := &Service{t: t, bin: bin, python: python, Data: data, Token: "test-token-" + strconv.Itoa(os.Getpid()),
+	s := &Service{t: t, bin: bin, python: python, Data: data, Token: testToken(),
 		ModelRoots: []string{tinyModelRoot()}, Workers: filepath.Join(data, "workers"), User: u}
 	t.Cleanup(func() {
 		s.cleanup()
@@ -233,8 +238,10 @@ func (s *Service) Start() {
 	for {
 		resp, err := http.Get("http://" + s.Addr + "/readyz")
 		if err == nil {
+			raw, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
+				s.CheckResponse("GET", "/readyz", resp, raw)
 				return
 			}
 		}
@@ -321,12 +328,33 @@ func (s *Service) Request(method, path string, body any, out any) int {
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
+	s.CheckResponse(method, path, resp, raw)
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {
 			s.t.Fatalf("%s %s: %v: %s", method, path, err, raw)
 		}
 	}
 	return resp.StatusCode
+}
+
+// openAPI is the API's OpenAPI document, which every response the tests read must match.
+var openAPI = sync.OnceValues(func() (*openapitest.Doc, error) {
+	return openapitest.Load(api.OpenAPI())
+})
+
+// CheckResponse fails the test (and goes on) when a response to method path does not
+// match the API's OpenAPI document: an undocumented status or content type, or a JSON
+// body that does not match its schema. Request checks every response it reads; tests
+// that call the API themselves can pass theirs here.
+func (s *Service) CheckResponse(method, path string, resp *http.Response, body []byte) {
+	s.t.Helper()
+	doc, err := openAPI()
+	if err != nil {
+		s.t.Fatalf("load the OpenAPI document: %v", err)
+	}
+	if err := doc.ValidateResponse(method, path, resp.StatusCode, resp.Header.Get("Content-Type"), body); err != nil {
+		s.t.Errorf("the response does not match api/openapi.json: %v", err)
+	}
 }
 
 type Job struct {
@@ -513,4 +541,11 @@ type ManifestFile struct {
 	Path   string `json:"path"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
+}
+
+// testToken is an API token the service takes: long and random (it refuses weak ones).
+func testToken() string {
+	b := make([]byte, 24)
+	rand.Read(b)
+	return "test-" + hex.EncodeToString(b)
 }

@@ -221,3 +221,21 @@ def test_lora_run_saves_merged_weights(tiny_model, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"))
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+# A model id that is not a directory on the machine is a Hugging Face id; when the Hub cannot
+# be reached the run fails at once with its own code, saying what the id was taken for.
+def test_unreachable_hub_fails_fast_with_its_own_code(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    started = time.time()
+    r = run_cli(train_args("someone/no-such-model-here", SAMPLE, str(tmp_path)))
+    assert_bad_input(r, "model_unavailable", str(tmp_path), "taken as a Hugging Face id")
+    assert f"127.0.0.1:{port}" in r.last["message"]
+    assert time.time() - started < 15

@@ -1,8 +1,9 @@
 import json
+import os
 
 import pytest
 import torch
-from conftest import CHAT, SAMPLE, write_jsonl
+from conftest import CHAT, REPO, SAMPLE, write_jsonl
 
 from understudy_trainer import data
 from understudy_trainer.errors import BadInput
@@ -38,7 +39,9 @@ def test_messages_use_last_assistant_as_response(tmp_path):
      'line 3: missing field "response"'),
     (['{"prompt":1,"response":"b"}'], 'field "prompt" must be a string'),
     (['["a","b"]'], "line 1: not a JSON object"),
-    (['{"messages":[{"role":"user","content":"q"}]}'], "no assistant message"),
+    (['{"messages":[{"role":"user","content":"q"}]}'], "needs at least a prompt turn and an assistant turn"),
+    (['{"messages":[{"role":"user","content":"q"},{"role":"user","content":"r"}]}'],
+     "the last message must be a non-empty assistant turn"),
     (['{"messages":[{"role":"user"}]}'], 'missing field "content"'),
 ])
 def test_bad_datasets(tmp_path, lines, message):
@@ -236,3 +239,25 @@ def test_special_token_text_stays_text_when_the_template_rewrites_content(tokeni
     assert p.count(eos) == 1 and p[-len(ids(tok, "[assistant] ")) - 1] == eos
     assert r.count(eos) == 1 and r[-1] == eos
 
+
+def _vector_lines(name):
+    path = os.path.join(REPO, name)
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    assert len(lines) >= 3, path
+    return lines
+
+
+# The shared definition of a valid record (testdata/dataset/README.md): the service's Go
+# validator tests the same files, and both examples in the repository are accepted.
+@pytest.mark.parametrize("name", ["testdata/dataset/valid.jsonl", "examples/sample-pairs.jsonl",
+                                  "examples/sample-chat.jsonl"])
+def test_shared_valid_records(name):
+    for n, line in enumerate(_vector_lines(name), 1):
+        data.parse_record(json.loads(line), n)
+
+
+def test_shared_invalid_records():
+    for n, line in enumerate(_vector_lines("testdata/dataset/invalid.jsonl"), 1):
+        with pytest.raises(BadInput):
+            data.parse_record(json.loads(line), n)

@@ -39,21 +39,27 @@ class Example:
         return sum(1 for t in self.labels[1:] if t != IGNORE)
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
 def _content(value, line, where):
     if isinstance(value, str):
         return value
     if isinstance(value, list):  # OpenAI content parts: [{"type": "text", "text": ...}]
         parts = []
         for part in value:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
                 parts.append(part["text"])
             else:
                 raise BadInput(INVALID_DATASET, f"line {line}: {where}: only text content parts are supported")
         return "".join(parts)
-    raise BadInput(INVALID_DATASET, f"line {line}: {where}: content must be a string")
+    raise BadInput(INVALID_DATASET, f"line {line}: {where}: content must be a string or text parts")
 
 
 def parse_record(obj, line):
+    """One record, by the rules the service's validator shares (testdata/dataset/README.md):
+    {"prompt", "response"} non-blank strings, or "messages" ending on a non-blank assistant
+    turn after at least one other message."""
     if not isinstance(obj, dict):
         raise BadInput(INVALID_DATASET, f"line {line}: not a JSON object")
     if "messages" in obj:
@@ -69,18 +75,23 @@ def parse_record(obj, line):
                     raise BadInput(INVALID_DATASET, f"line {line}: messages[{i}]: missing field \"{field}\"")
             if not isinstance(m["role"], str):
                 raise BadInput(INVALID_DATASET, f"line {line}: messages[{i}]: role must be a string")
+            if m["role"] not in ROLES:
+                # The role is the client's data: never echoed.
+                raise BadInput(INVALID_DATASET, f"line {line}: messages[{i}]: unknown role (want {', '.join(ROLES)})")
             clean.append({"role": m["role"], "content": _content(m["content"], line, f"messages[{i}]")})
-        last = max((i for i, m in enumerate(clean) if m["role"] == "assistant"), default=None)
-        if last is None:
-            raise BadInput(INVALID_DATASET, f"line {line}: no assistant message")
-        if last == 0:
-            raise BadInput(INVALID_DATASET, f"line {line}: no prompt before the assistant message")
-        return Pair(line, clean[:last], clean[last]["content"])
+        if len(clean) < 2:
+            raise BadInput(INVALID_DATASET, f"line {line}: \"messages\" needs at least a prompt turn and an assistant turn")
+        last = clean[-1]
+        if last["role"] != "assistant" or not last["content"].strip():
+            raise BadInput(INVALID_DATASET, f"line {line}: the last message must be a non-empty assistant turn")
+        return Pair(line, clean[:-1], last["content"])
     for field in ("prompt", "response"):
         if field not in obj:
             raise BadInput(INVALID_DATASET, f"line {line}: missing field \"{field}\"")
         if not isinstance(obj[field], str):
             raise BadInput(INVALID_DATASET, f"line {line}: field \"{field}\" must be a string")
+        if not obj[field].strip():
+            raise BadInput(INVALID_DATASET, f"line {line}: field \"{field}\" is empty")
     return Pair(line, [{"role": "user", "content": obj["prompt"]}], obj["response"])
 
 

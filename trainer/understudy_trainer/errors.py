@@ -7,6 +7,8 @@ EXIT_PREEMPTED = 75
 
 INVALID_DATASET = "invalid_dataset"
 INVALID_MODEL = "invalid_model"
+# A Hugging Face id the machine cannot download: the Hub is not reachable from it.
+MODEL_UNAVAILABLE = "model_unavailable"
 INVALID_HYPERPARAMETERS = "invalid_hyperparameters"
 OUT_OF_MEMORY = "out_of_memory"
 PREEMPTED = "preempted"

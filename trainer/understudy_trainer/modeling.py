@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import block_causal_mask
-from .errors import INTERNAL, INVALID_MODEL, BadInput, TrainerError
+from .errors import INVALID_MODEL, MODEL_UNAVAILABLE, BadInput
 
 # Dense bf16 peak FLOP/s per GPU, for the MFU figure (None where unknown).
 PEAK_FLOPS = [
@@ -50,16 +50,52 @@ def load_config(name):
         raise BadInput(INVALID_MODEL, f"model path does not exist: {name}")
     if os.path.isdir(name) and not os.path.exists(os.path.join(name, "config.json")):
         raise BadInput(INVALID_MODEL, f"model directory has no config.json: {name}")
+    if not os.path.isdir(name):
+        check_hub(name)
     try:
         config = AutoConfig.from_pretrained(name)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/KeyError
         msg = _first_line(e)
         if "couldn't connect" in msg.lower() or "connection" in type(e).__name__.lower():
-            raise TrainerError(INTERNAL, f"load model config: {msg}") from None
+            raise BadInput(MODEL_UNAVAILABLE, f"{name} is not a directory on the machine, so it was taken as a "
+                                              f"Hugging Face id, and it could not be downloaded: {msg}") from None
         raise BadInput(INVALID_MODEL, f"load model config: {msg}") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise BadInput(INVALID_MODEL, f"{name}: model type {config.model_type!r} is not a causal language model")
     return config
+
+
+def hub_endpoint():
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def check_hub(name, timeout=10.0):
+    """Fails at once, with its own code, when ``name`` (not a directory here, so a Hugging
+    Face id) would have to be downloaded from a Hub this machine cannot reach, instead of
+    after the hub client's retries. A model already in the local cache, or offline mode,
+    needs no Hub."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001 - an id the cache cannot parse: the load says what is wrong
+        pass
+    url = urlsplit(hub_endpoint())
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as e:
+        raise BadInput(MODEL_UNAVAILABLE, f"{name} is not a directory on the machine, so it was taken as a Hugging Face id; "
+                                          f"the machine cannot reach {url.scheme}://{host}:{port} to download it "
+                                          f"({e.strerror or type(e).__name__}): give a local model directory (under the "
+                                          f"service's --model-root) or let the machine reach the Hub") from None
 
 
 def load_tokenizer(name):

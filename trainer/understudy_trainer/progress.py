@@ -45,7 +45,7 @@ FIELDS = {
     "done": {"files": _LIST, "metrics": _OBJ, "output_dir": _STR},
     "error": {"code": _STR, "message": _STR},
 }
-OPTIONAL = {"step": {"mfu": (_NUM, None)}}
+OPTIONAL = {"step": {"mfu": (_NUM, None), "gpu_utilization": (_NUM, None), "gpu_memory_bytes": (_INT, None)}}
 EVENTS = tuple(FIELDS)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -141,6 +141,39 @@ def _finite(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+def gpu_sample(index=0, nvidia_smi="nvidia-smi"):
+    """Samples CUDA device ``index`` for a ``step`` event: ``{"gpu_utilization": 0..1,
+    "gpu_memory_bytes": int}``, each field only when it could be read (an empty dict on a
+    machine without CUDA). Utilisation comes from torch (through NVML) or else nvidia-smi;
+    memory is the device's memory in use, by every process, as nvidia-smi shows it."""
+    out = {}
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return out
+    except Exception:
+        return out
+    try:
+        free, total = torch.cuda.mem_get_info(index)
+        out["gpu_memory_bytes"] = int(total - free)
+    except Exception:
+        pass
+    util = None
+    try:
+        util = float(torch.cuda.utilization(index))
+    except Exception:
+        try:
+            import subprocess
+            r = subprocess.run([nvidia_smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", str(index)],
+                               capture_output=True, text=True, timeout=2, check=True)
+            util = float(r.stdout.strip().splitlines()[0])
+        except Exception:
+            util = None
+    if util is not None and math.isfinite(util):
+        out["gpu_utilization"] = round(min(max(util / 100.0, 0.0), 1.0), 4)
+    return out
 
 
 class Emitter:

@@ -17,6 +17,7 @@ import torch
 
 from . import checkpoint, data, evaluate, hparams, modeling
 from .errors import INTERNAL, INVALID_DATASET, INVALID_HYPERPARAMETERS, OUT_OF_MEMORY, BadInput, Preempted, TrainerError
+from .progress import gpu_sample
 
 # 2: one RNG state per rank; chrF before training a corpus score; special-token strings in
 # the data encoded as text.
@@ -546,7 +547,8 @@ class Run:
                 self.emit.emit("step", step=done, total_steps=self.total_steps,
                                epoch=round(done / self.steps_per_epoch, 4), loss=round(loss, 6),
                                learning_rate=lr, tokens_per_second=round(tps, 1),
-                               mfu=round(mfu, 4) if mfu is not None else None, eta_seconds=round(eta, 1))
+                               mfu=round(mfu, 4) if mfu is not None else None, eta_seconds=round(eta, 1),
+                               **(gpu_sample(self.dist.local_rank) if self.device == "cuda" else {}))
                 win_loss, win_targets, win_tokens, win_steps = torch.zeros((), device=self.device), 0, 0, 0
                 win_start = time.time()
                 last_report = (done, win_start)

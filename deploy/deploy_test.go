@@ -1,0 +1,148 @@
+// Package deploy_test checks the deployment files: the Kubernetes manifests decode strictly
+// into the API's own types (a misspelt or misplaced field fails) and keep the promises of
+// docs/operations.md; the image runs as a non-root user with what a local job needs.
+package deploy_test
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"sigs.k8s.io/yaml"
+)
+
+func documents(t *testing.T, name string) map[string][]byte {
+	t.Helper()
+	raw, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]byte{}
+	for _, doc := range bytes.Split(raw, []byte("\n---\n")) {
+		var head struct{ Kind string }
+		if err := yaml.Unmarshal(doc, &head); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if head.Kind == "" {
+			continue
+		}
+		if _, dup := out[head.Kind]; dup {
+			t.Fatalf("%s: two %s documents", name, head.Kind)
+		}
+		out[head.Kind] = doc
+	}
+	return out
+}
+
+func strict(t *testing.T, kind string, doc []byte, into any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict(doc, into); err != nil {
+		t.Fatalf("%s does not decode strictly: %v", kind, err)
+	}
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	docs := documents(t, "kubernetes.yaml")
+	for _, kind := range []string{"StatefulSet", "Service", "NetworkPolicy"} {
+		if docs[kind] == nil {
+			t.Fatalf("no %s", kind)
+		}
+	}
+	if docs["Secret"] != nil {
+		t.Error("a Secret with values in the manifests: secrets are created from files, never from examples")
+	}
+	var ss appsv1.StatefulSet
+	strict(t, "StatefulSet", docs["StatefulSet"], &ss)
+	var svc corev1.Service
+	strict(t, "Service", docs["Service"], &svc)
+	var np networkingv1.NetworkPolicy
+	strict(t, "NetworkPolicy", docs["NetworkPolicy"], &np)
+
+	pod := ss.Spec.Template.Spec
+	if sc := pod.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser == 0 {
+		t.Error("the pod may run as root")
+	}
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Error("the pod gets a service account token it does not need")
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	if c.SecurityContext == nil || c.SecurityContext.AllowPrivilegeEscalation == nil || *c.SecurityContext.AllowPrivilegeEscalation ||
+		c.SecurityContext.Capabilities == nil || len(c.SecurityContext.Capabilities.Drop) == 0 {
+		t.Error("the container may escalate or keeps capabilities")
+	}
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Error("no readiness probe on /readyz")
+	}
+	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Error("no liveness probe on /healthz")
+	}
+	for _, e := range c.Env {
+		if e.Value != "" && (strings.Contains(strings.ToLower(e.Name), "token") || strings.Contains(strings.ToLower(e.Name), "key") ||
+			strings.Contains(strings.ToLower(e.Name), "secret") || strings.Contains(strings.ToLower(e.Name), "passphrase")) && !strings.HasSuffix(e.Name, "_FILE") {
+			t.Errorf("secret %s given as a value, not a file", e.Name)
+		}
+	}
+	// The API token is a mounted file, owner-read-only.
+	var secretVol *corev1.Volume
+	for i, v := range pod.Volumes {
+		if v.Secret != nil {
+			secretVol = &pod.Volumes[i]
+		}
+	}
+	if secretVol == nil || secretVol.Secret.DefaultMode == nil || *secretVol.Secret.DefaultMode != 0o400 {
+		t.Fatal("secrets are not mounted as files with mode 0400")
+	}
+	mounted := ""
+	for _, m := range c.VolumeMounts {
+		if m.Name == secretVol.Name {
+			mounted = m.MountPath
+			if !m.ReadOnly {
+				t.Error("the secrets mount is writable")
+			}
+		}
+	}
+	if !strings.Contains(strings.Join(c.Args, " "), "--token-file "+mounted+"/api-token") {
+		t.Errorf("the token is not read from the mounted file: args %v", c.Args)
+	}
+	if len(np.Spec.PolicyTypes) != 2 || len(np.Spec.Ingress) == 0 || len(np.Spec.Egress) == 0 {
+		t.Error("the NetworkPolicy does not restrict both directions")
+	}
+	for _, rule := range np.Spec.Ingress {
+		if len(rule.From) == 0 {
+			t.Error("an ingress rule admits everyone")
+		}
+	}
+}
+
+func TestImageRunsAsNonRootWithWhatALocalJobNeeds(t *testing.T) {
+	raw, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw)
+	if n := strings.Count(text, "\nFROM "); n < 2 {
+		t.Errorf("%d stages; want a multi-stage build", n+1)
+	}
+	lines := strings.Split(text, "\n")
+	user := ""
+	for _, l := range lines {
+		if strings.HasPrefix(l, "USER ") {
+			user = strings.Fields(l)[1]
+		}
+	}
+	if user == "" || user == "root" || strings.HasPrefix(user, "0") {
+		t.Errorf("the image runs as %q", user)
+	}
+	for _, want := range []string{"openssh-server", "python3", "make binaries", "UNDERSTUDY_LOCAL_PYTHON=", "--password '*'"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+}
