@@ -27,7 +27,8 @@ func TestLocalJobsDropRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(setup.Config.BaseDir) })
+	defaultDir := setup.Config.BaseDir
+	t.Cleanup(func() { os.RemoveAll(defaultDir) })
 	if setup.Config.User != sysuser.DefaultWorker {
 		t.Errorf("user = %q, want %s", setup.Config.User, sysuser.DefaultWorker)
 	}
