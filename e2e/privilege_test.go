@@ -18,20 +18,24 @@ import (
 	"github.com/understudy-ai/training-service/internal/testenv"
 )
 
-// workerUIDs returns the owners of the processes that run under the service's local
-// workers (their sessions carry UNDERSTUDY_WORKER=<worker dir>), by pid.
-func workerUIDs(t *testing.T, s *servicetest.Service) map[int]uint32 {
-	t.Helper()
+// workerProcesses returns, by pid, the owners of the processes that run under the service's
+// local workers: those of their SSH sessions (which carry UNDERSTUDY_WORKER=<worker dir>)
+// and, with servers, the sshd's themselves (whose command lines name their config under the
+// workers dir). Neither this test nor the service is among them.
+func workerProcesses(s *servicetest.Service, servers bool) map[int]uint32 {
 	marker := []byte("UNDERSTUDY_WORKER=" + s.Workers + "/")
+	workers := []byte(s.Workers + "/")
+	own, _ := s.Running()
 	out := map[int]uint32{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || pid == os.Getpid() || pid == own {
 			continue
 		}
-		environ, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil || !bytes.Contains(environ, marker) {
+		environ, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if !bytes.Contains(environ, marker) && !(servers && bytes.Contains(cmdline, workers)) {
 			continue
 		}
 		var st syscall.Stat_t
@@ -65,7 +69,7 @@ func TestLocalJobsRunAsAnUnprivilegedUser(t *testing.T) {
 	s.WaitFor(id, 5*time.Minute, "training steps", func(j servicetest.Job) bool {
 		return j.Status == "training" && j.Progress.Step >= 1
 	})
-	uids := workerUIDs(t, s)
+	uids := workerProcesses(s, false)
 	if len(uids) == 0 {
 		t.Fatal("no process of the job found while it trains")
 	}
@@ -142,7 +146,7 @@ func TestServiceRunsAsAnUnprivilegedUser(t *testing.T) {
 		t.Fatalf("job ended %s: %+v", j.Status, j.Error)
 	}
 	assertStoredFiles(t, readDir(strings.TrimPrefix(j.WeightsURI, "file://")), j.Manifest.Files)
-	if uids := workerUIDs(t, s); len(uids) > 0 {
+	if uids := workerProcesses(s, false); len(uids) > 0 {
 		t.Errorf("job processes left: %v", uids)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -1,10 +1,6 @@
 package e2e
 
 import (
-	"bytes"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -90,29 +86,14 @@ func TestRecoveryAfterLocalWorkerKilled(t *testing.T) {
 	assertTornDown(t, s, id)
 }
 
-// killWorker SIGKILLs every process of the service's local workers: their sshd's (whose
-// command lines name their config under the workers dir) and what runs under them (which
-// carry the UNDERSTUDY_WORKER value), and returns how many.
+// killWorker SIGKILLs every process of the service's local workers (workerProcesses, their
+// sshd's included), and returns how many.
 func killWorker(t *testing.T, s *servicetest.Service) int {
 	t.Helper()
-	marker := []byte("UNDERSTUDY_WORKER=" + s.Workers + "/")
-	workers := []byte(s.Workers + "/")
-	entries, _ := os.ReadDir("/proc")
 	n := 0
-	for _, en := range entries {
-		pid, err := strconv.Atoi(en.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		if own, _ := s.Running(); pid == own {
-			continue
-		}
-		environ, _ := os.ReadFile(filepath.Join("/proc", en.Name(), "environ"))
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", en.Name(), "cmdline"))
-		if bytes.Contains(environ, marker) || bytes.Contains(cmdline, workers) {
-			if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
-				n++
-			}
+	for pid := range workerProcesses(s, true) {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+			n++
 		}
 	}
 	t.Logf("killed %d worker processes", n)

@@ -31,62 +31,46 @@ AZURITE_WRAPPER='#!/bin/sh
 exec node "$(dirname "$0")/../azurite/node_modules/azurite/dist/src/blob/main.js" "$@"
 '
 
-# All in one function, which bash reads whole before it runs: editing this file while it
-# runs cannot change what runs.
+# All in functions, which bash reads whole before it runs: editing this file while it runs
+# cannot change what runs.
+build() {
+  local tmp=$1
+  log "installing moto[server]==$MOTO_VERSION"
+  "$py" -m venv "$tmp/moto" >&2
+  "$tmp/moto/bin/python" -m pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
+  printf '%s' "$MOTO_WRAPPER" >"$tmp/bin/moto_server"
+
+  log "installing fake-gcs-server@$FAKE_GCS_SERVER_VERSION"
+  GOBIN="$tmp/bin" GOFLAGS=-buildvcs=false GOWORK=off \
+    go install "github.com/fsouza/fake-gcs-server@$FAKE_GCS_SERVER_VERSION" >&2
+
+  log "installing azurite@$AZURITE_VERSION"
+  # Azurite 3.37 declares node >= 22 but runs on Node 20 (the tests prove it): allow it.
+  npm install --prefix "$tmp/azurite" --no-audit --no-fund --loglevel=error --engine-strict=false \
+    "azurite@$AZURITE_VERSION" >&2
+  printf '%s' "$AZURITE_WRAPPER" >"$tmp/bin/azurite-blob"
+  chmod +x "$tmp/bin/moto_server" "$tmp/bin/azurite-blob"
+
+  "$tmp/bin/moto_server" --help >/dev/null
+  "$tmp/bin/azurite-blob" --help >/dev/null
+  [ -x "$tmp/bin/fake-gcs-server" ]
+}
+
 main() {
-  local self py key cache dir tmp start
-  self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+  local here key
+  here="$(cd "$(dirname "$0")" && pwd)"
+  # shellcheck source=lib/cached.sh
+  . "$here/lib/cached.sh"
   py=${PYTHON:-python3}
   for tool in "$py" node npm go; do
     command -v "$tool" >/dev/null 2>&1 || { log "$tool is not installed"; exit 1; }
   done
   key=$({
-    cat "$self"
+    cat "$here/$(basename "$0")" "$here/lib/cached.sh"
     "$py" -c 'import sys; print(sys.version)'
     node --version
   } | sha256sum | cut -c1-16)
-  cache="${XDG_CACHE_HOME:-$HOME/.cache}/understudy"
-  dir="$cache/emulators-$key"
-
-  if [ ! -f "$dir/.complete" ]; then
-    mkdir -p "$cache"
-    exec 9>"$dir.lock"
-    flock 9
-  fi
-  if [ ! -f "$dir/.complete" ]; then
-    start=$SECONDS
-    # Under the lock, anything left here is from a run that was killed.
-    rm -rf "$dir" "$dir".tmp.*
-    tmp=$(mktemp -d "$dir.tmp.XXXXXX")
-    trap 'rm -rf "$tmp"' EXIT
-    chmod 755 "$tmp"
-    mkdir "$tmp/bin"
-
-    log "installing moto[server]==$MOTO_VERSION"
-    "$py" -m venv "$tmp/moto" >&2
-    "$tmp/moto/bin/python" -m pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
-    printf '%s' "$MOTO_WRAPPER" >"$tmp/bin/moto_server"
-
-    log "installing fake-gcs-server@$FAKE_GCS_SERVER_VERSION"
-    GOBIN="$tmp/bin" GOFLAGS=-buildvcs=false GOWORK=off \
-      go install "github.com/fsouza/fake-gcs-server@$FAKE_GCS_SERVER_VERSION" >&2
-
-    log "installing azurite@$AZURITE_VERSION"
-    # Azurite 3.37 declares node >= 22 but runs on Node 20 (the tests prove it): allow it.
-    npm install --prefix "$tmp/azurite" --no-audit --no-fund --loglevel=error --engine-strict=false \
-      "azurite@$AZURITE_VERSION" >&2
-    printf '%s' "$AZURITE_WRAPPER" >"$tmp/bin/azurite-blob"
-    chmod +x "$tmp/bin/moto_server" "$tmp/bin/azurite-blob"
-
-    "$tmp/bin/moto_server" --help >/dev/null
-    "$tmp/bin/azurite-blob" --help >/dev/null
-    [ -x "$tmp/bin/fake-gcs-server" ]
-    touch "$tmp/.complete"
-    mv "$tmp" "$dir"
-    trap - EXIT
-    log "installed in $dir in $((SECONDS - start))s"
-  fi
-  echo "$dir"
+  cached_dir emulators "$key" build
 }
 
 main "$@"

@@ -20,46 +20,29 @@ WRAPPER='#!/bin/sh
 exec "$(dirname "$0")/../venv/bin/python" -m schemathesis.cli "$@"
 '
 
-# All in one function, which bash reads whole before it runs.
+# All in functions, which bash reads whole before it runs.
+build() {
+  local tmp=$1
+  log "installing schemathesis==$SCHEMATHESIS_VERSION"
+  "$py" -m venv "$tmp/venv" >&2
+  "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
+  printf '%s' "$WRAPPER" >"$tmp/bin/schemathesis"
+  chmod +x "$tmp/bin/schemathesis"
+  "$tmp/bin/schemathesis" --version >&2
+}
+
 main() {
-  local self py key cache dir tmp start
-  self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+  local here key
+  here="$(cd "$(dirname "$0")" && pwd)"
+  # shellcheck source=lib/cached.sh
+  . "$here/lib/cached.sh"
   py=${PYTHON:-python3}
   command -v "$py" >/dev/null 2>&1 || { log "$py is not installed"; exit 1; }
   key=$({
-    cat "$self"
+    cat "$here/$(basename "$0")" "$here/lib/cached.sh"
     "$py" -c 'import sys; print(sys.version)'
   } | sha256sum | cut -c1-16)
-  cache="${XDG_CACHE_HOME:-$HOME/.cache}/understudy"
-  dir="$cache/schemathesis-$key"
-
-  if [ ! -f "$dir/.complete" ]; then
-    mkdir -p "$cache"
-    exec 9>"$dir.lock"
-    flock 9
-  fi
-  if [ ! -f "$dir/.complete" ]; then
-    start=$SECONDS
-    # Under the lock, anything left here is from a run that was killed.
-    rm -rf "$dir" "$dir".tmp.*
-    tmp=$(mktemp -d "$dir.tmp.XXXXXX")
-    trap 'rm -rf "$tmp"' EXIT
-    chmod 755 "$tmp"
-    mkdir "$tmp/bin"
-
-    log "installing schemathesis==$SCHEMATHESIS_VERSION"
-    "$py" -m venv "$tmp/venv" >&2
-    "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
-    printf '%s' "$WRAPPER" >"$tmp/bin/schemathesis"
-    chmod +x "$tmp/bin/schemathesis"
-
-    "$tmp/bin/schemathesis" --version >&2
-    touch "$tmp/.complete"
-    mv "$tmp" "$dir"
-    trap - EXIT
-    log "installed in $dir in $((SECONDS - start))s"
-  fi
-  echo "$dir"
+  cached_dir schemathesis "$key" build
 }
 
 main "$@"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -91,7 +92,7 @@ func configureLocal(ctx context.Context, cfg Config, dataDir string, log *slog.L
 			}
 		}
 	}
-	log.Info("local jobs", "user", firstNonEmpty(setup.Config.User, me.Username), "workers", workers)
+	log.Info("local jobs", "user", cmp.Or(setup.Config.User, me.Username), "workers", workers)
 	return setup, nil
 }
 
@@ -154,13 +155,4 @@ func canRun(ctx context.Context, u *user.User, python string) error {
 	return fmt.Errorf("user %s cannot run %s (%v: %s); build the environment where that user can read it "+
 		"(as root, scripts/pyenv.sh keeps it under /var/cache/understudy) or pass another --local-python",
 		u.Username, python, err, lines[len(lines)-1])
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }

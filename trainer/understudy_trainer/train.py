@@ -470,8 +470,8 @@ class Run:
         return loss_acc, tokens
 
     def _sum_gradients(self):
-        """Sums the trainable parameters' gradients over the ranks, in buckets; a rank that
-        had no example this step adds zeros."""
+        """Sums the trainable parameters' gradients over the ranks, in buckets of one dtype;
+        a rank that had no example this step adds zeros."""
         groups = {}
         for p in self.params:
             if p.grad is None:
@@ -479,17 +479,13 @@ class Run:
             groups.setdefault(p.grad.dtype, []).append(p.grad)
         for grads in groups.values():
             bucket, size = [], 0
-            for g in grads + [None]:
-                if g is not None and (not bucket or size + g.numel() <= modeling.GRAD_BUCKET_ELEMENTS):
-                    bucket.append(g)
-                    size += g.numel()
-                    continue
-                if bucket:
-                    flat = torch._utils._flatten_dense_tensors(bucket)
-                    torch.distributed.all_reduce(flat)
-                    for dst, src in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
-                        dst.copy_(src)
-                bucket, size = ([g], g.numel()) if g is not None else ([], 0)
+            for g in grads:
+                if bucket and size + g.numel() > modeling.GRAD_BUCKET_ELEMENTS:
+                    _all_reduce_bucket(bucket)
+                    bucket, size = [], 0
+                bucket.append(g)
+                size += g.numel()
+            _all_reduce_bucket(bucket)
 
     def _apply_step(self, loss_acc, total_targets, tokens):
         if self.dist.world > 1:
@@ -696,6 +692,14 @@ class Run:
         files = file_list(out)
         self.emit.emit("done", files=files, metrics=metrics, output_dir=self.opts.output_dir)
         return out
+
+
+def _all_reduce_bucket(grads):
+    """Sums ``grads`` over the ranks in one collective, through one flat buffer."""
+    flat = torch._utils._flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat)
+    for dst, src in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        dst.copy_(src)
 
 
 def _describe(error):
