@@ -14,12 +14,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './build/*' 2>/dev/null) go.mod go.sum
 RUNTIME_SOURCES := $(shell find trainer -type f -not -path '*/__pycache__/*' 2>/dev/null)
+DASHBOARD_SOURCES := $(shell find dashboard/web -type f -not -path '*/node_modules/*' 2>/dev/null)
 
-.PHONY: stacks destroy-stack plugin binaries build deps pyenv tiny-model test test-go test-python schemathesis demo bench bench-go bench-train bench-smoke bench-gpu clean lint emulators
+.PHONY: stacks destroy-stack plugin binaries build deps dashboard pyenv tiny-model test test-go test-python schemathesis demo bench bench-go bench-train bench-smoke bench-gpu clean lint emulators
 
 ## deps: Debian packages the service and its tests use (OpenSSH server and clients, curl;
-## Node.js and npm for the Azure Storage emulator; iproute2's ip and tc for the WAN download
-## benchmark).
+## Node.js and npm for the dashboard's build and the Azure Storage emulator; Chromium for the
+## dashboard's browser test; iproute2's ip and tc for the WAN download benchmark).
 deps:
 	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v curl >/dev/null || ! command -v sftp >/dev/null; then \
 	  echo "installing openssh-server, openssh-client, curl"; \
@@ -28,6 +29,10 @@ deps:
 	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
 	  echo "installing nodejs, npm"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
 	fi
 	@if ! PATH="$$PATH:/usr/sbin:/sbin" command -v ip >/dev/null || ! PATH="$$PATH:/usr/sbin:/sbin" command -v tc >/dev/null; then \
 	  echo "installing iproute2"; \
@@ -41,11 +46,19 @@ build: binaries plugin
 
 binaries: $(BIN)/understudy-train $(BIN)/pulumi $(BIN)/pulumi-resource-understudy $(BIN)/understudy-fakecloud
 
-$(BIN)/understudy-train: $(GO_SOURCES) $(RUNTIME_SOURCES)
+$(BIN)/understudy-train: $(GO_SOURCES) $(RUNTIME_SOURCES) dashboard/dist/app.js
 	$(GO) build -o $@ -ldflags "-X main.Version=$$(git describe --always --dirty 2>/dev/null || echo dev)" ./cmd/understudy-train
 
 $(BIN)/pulumi-resource-understudy: $(GO_SOURCES)
 	$(GO) build -o $@ ./cmd/pulumi-resource-understudy
+
+## dashboard: the web dashboard's front-end (Preact and uPlot, bundled by esbuild, all
+## pinned in dashboard/web/package-lock.json), built into dashboard/dist, which the binary
+## embeds.
+dashboard: dashboard/dist/app.js
+
+dashboard/dist/app.js: $(DASHBOARD_SOURCES)
+	cd dashboard/web && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent
 
 # The fake RunPod and Lambda Cloud APIs that the tests and `make demo PROVIDER=…` run
 # against: real sshd machines behind the clouds' documented API shapes.
@@ -77,7 +90,7 @@ build/tiny-gpt2/config.json: examples/sample-pairs.jsonl trainer/tools/make_tiny
 	@$(MAKE) --no-print-directory tiny-model
 
 ## test: every Go and Python test.
-test: deps build pyenv emulators schemathesis build/tiny-gpt2/config.json
+test: deps dashboard build pyenv emulators schemathesis build/tiny-gpt2/config.json
 	$(MAKE) --no-print-directory test-go test-python
 
 ## schemathesis: the OpenAPI fuzzer that e2e/openapi_fuzz_test.go runs against the live
@@ -158,9 +171,9 @@ destroy-stack: plugin
 	$(OPERATOR_ENV) $(BIN)/pulumi destroy --stack $(STACK) --yes --non-interactive
 	$(OPERATOR_ENV) $(BIN)/pulumi stack rm $(STACK) --yes --non-interactive
 
-lint:
+lint: dashboard
 	gofmt -l $$(git ls-files '*.go')
 	$(GO) vet ./...
 
 clean:
-	rm -rf bin build
+	rm -rf bin build dashboard/web/node_modules dashboard/dist/index.html dashboard/dist/app.js dashboard/dist/app.css

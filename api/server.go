@@ -13,6 +13,7 @@ import (
 
 	"github.com/gorilla/mux"
 
+	"github.com/understudy-ai/training-service/dashboard"
 	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/lifecycle"
 	"github.com/understudy-ai/training-service/store"
@@ -58,6 +59,9 @@ type Options struct {
 	// CompletedReadTimeout bounds reading the internal completed call (its body is a few
 	// bytes; the caller holds no API token); 0 means 10s.
 	CompletedReadTimeout time.Duration
+	// Metrics serves GET /metrics (Prometheus) behind the token; nil when the metrics are
+	// served on an address of their own (serve --metrics-listen), where /metrics says so.
+	Metrics http.Handler
 }
 
 // Defaults of Options.
@@ -70,6 +74,9 @@ const (
 type Server struct {
 	svc            Service
 	tokenHash      [32]byte
+	sessionKey     []byte
+	dashboard      *dashboard.Handler
+	metrics        http.Handler
 	providers      map[string]bool
 	providerStatus map[string]string
 	maxBody        int64
@@ -87,6 +94,9 @@ func New(svc Service, opts Options) *Server {
 	s := &Server{
 		svc:            svc,
 		tokenHash:      sha256.Sum256([]byte(opts.Token)),
+		sessionKey:     sessionKey(opts.Token),
+		dashboard:      dashboard.New(),
+		metrics:        opts.Metrics,
 		providers:      map[string]bool{},
 		providerStatus: opts.ProviderStatus,
 		maxBody:        opts.MaxBodyBytes,
@@ -126,6 +136,13 @@ func New(svc Service, opts Options) *Server {
 	r.HandleFunc("/healthz", s.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", s.readyz).Methods(http.MethodGet)
 	r.HandleFunc("/openapi.json", s.openapi).Methods(http.MethodGet)
+	// The dashboard's page and assets carry no data: what it shows comes from the API,
+	// behind the token or the session that signing in sets.
+	r.HandleFunc("/", s.dashboard.Page).Methods(http.MethodGet)
+	r.HandleFunc("/jobs/{train_id}", s.dashboard.Page).Methods(http.MethodGet)
+	r.HandleFunc("/assets/{file}", func(w http.ResponseWriter, r *http.Request) { s.dashboard.Asset(w, r, mux.Vars(r)["file"]) }).Methods(http.MethodGet)
+	r.HandleFunc("/api/v1/session", s.signIn).Methods(http.MethodPost)
+	r.HandleFunc("/api/v1/session", s.signOut).Methods(http.MethodDelete)
 	// The machine's own signal carries the per-job token, not the API token.
 	r.HandleFunc("/api/v1/training/{train_id}/completed", s.completed).Methods(http.MethodPost)
 	// Routes sit on one router (not a subrouter) so that a wrong method is a 405, not a 404.
@@ -139,6 +156,7 @@ func New(svc Service, opts Options) *Server {
 	authed("/api/v1/training/{train_id}/events", http.MethodGet, s.events)
 	authed("/api/v1/training/{train_id}/logs", http.MethodGet, s.logs)
 	authed("/api/v1/stacks", http.MethodGet, s.stacks)
+	authed("/metrics", http.MethodGet, s.serveMetrics)
 	authed("/api/v1/stacks/gc", http.MethodGet, s.orphans)
 	authed("/api/v1/stacks/gc", http.MethodPost, s.collect)
 	notFound := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -217,14 +235,25 @@ func bearer(r *http.Request) (string, bool) {
 
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := bearer(r)
-		sum := sha256.Sum256([]byte(tok))
-		if !ok || subtle.ConstantTimeCompare(sum[:], s.tokenHash[:]) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="understudy"`)
-			s.writeError(w, r, fail(job.CodeUnauthenticated, "unauthenticated", "a valid bearer token is required"))
+		if tok, ok := bearer(r); ok {
+			sum := sha256.Sum256([]byte(tok))
+			if subtle.ConstantTimeCompare(sum[:], s.tokenHash[:]) == 1 {
+				next.ServeHTTP(w, r)
+				return
+			}
+		} else if c, err := r.Cookie(SessionCookie); err == nil && s.validSession(c.Value, time.Now()) {
+			// The dashboard's session. Only its own pages can add its header, so a page of
+			// another site that rides on the cookie cannot change anything.
+			if !safeMethod(r.Method) && !fromDashboard(r) {
+				writeJSON(w, http.StatusForbidden, ErrorBody{ErrorDetail{Code: "dashboard_header_required",
+					Message: "a request authenticated by the dashboard's session cookie must carry " + DashboardHeader + ": " + DashboardHeaderValue + "; API clients send the token as a bearer token"}})
+				return
+			}
+			next.ServeHTTP(w, r)
 			return
 		}
-		next.ServeHTTP(w, r)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="understudy"`)
+		s.writeError(w, r, fail(job.CodeUnauthenticated, "unauthenticated", "a valid bearer token is required (or the dashboard's session: sign in at /)"))
 	})
 }
 
@@ -242,4 +271,12 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "providers": s.providerStatus})
+}
+
+func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	if s.metrics == nil {
+		s.writeError(w, r, fail(job.CodeNotFound, "metrics_elsewhere", "this service serves its metrics on an address of their own (serve --metrics-listen)"))
+		return
+	}
+	s.metrics.ServeHTTP(w, r)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -106,6 +107,48 @@ func TestLocalPathsConfined(t *testing.T) {
 	code, body := post(t, off, bytes.NewReader(raw))
 	if code != 422 || !strings.Contains(body, "dataset_not_allowed") || !strings.Contains(body, "disabled") || !strings.Contains(body, "--dataset-root") {
 		t.Fatalf("no roots: %d %s", code, body)
+	}
+}
+
+// With --hub-check on, a slm_type taken as a Hugging Face id is asked about at the Hub
+// before anything is made: an unreachable Hub (--hub-endpoint) and a missing model (at the
+// Hub HF_ENDPOINT names) are refused, no job is stored and no stack made.
+func TestHubIDCheckedBeforeAStack(t *testing.T) {
+	bin, python, _ := servicetest.Prerequisites(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + ln.Addr().String()
+	ln.Close()
+	hub := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(hub.Close)
+
+	unreachable := servicetest.New(t, bin, python)
+	unreachable.Args = []string{"--hub-check", "--hub-endpoint", closed}
+	missing := servicetest.New(t, bin, python)
+	missing.Args = []string{"--hub-check=true"}
+	missing.Env = []string{"HF_ENDPOINT=" + hub.URL}
+	for _, c := range []struct {
+		s            *servicetest.Service
+		reason, says string
+	}{
+		{unreachable, "model_unavailable", "the Hub at " + closed + " could not be reached from the service (connection refused)"},
+		{missing, "model_not_found", "the Hub at " + hub.URL + " has no such model"},
+	} {
+		c.s.Start()
+		raw, _ := json.Marshal(startBody("hub-"+c.reason, "microsoft/DialoGPT-small", servicetest.WritePairs(t, 1), 1, nil))
+		code, body := post(t, c.s, bytes.NewReader(raw))
+		if code != 422 || !strings.Contains(body, `"`+c.reason+`"`) || !strings.Contains(body, c.says) ||
+			!strings.Contains(body, "taken as a Hugging Face Hub id") {
+			t.Errorf("got %d %s, want 422 %s saying %q", code, body, c.reason, c.says)
+		}
+		if code := c.s.Request("GET", "/api/v1/training/hub-"+c.reason+"/status", nil, nil); code != 404 {
+			t.Errorf("the refused start was stored: %d", code)
+		}
+		if names := c.s.StackNames(); len(names) != 0 {
+			t.Errorf("stacks after a refused start: %v", names)
+		}
 	}
 }
 

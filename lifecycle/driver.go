@@ -73,6 +73,10 @@ type Config struct {
 	// ModelRoots are the directories a local slm_type may name a model directory under
 	// (serve --model-root); none: local models are refused.
 	ModelRoots []string
+	// Hub, when set, is asked at submit whether a slm_type that is not a local path names
+	// a model the machines can download, so that a Hub id the service already knows to be
+	// bad is refused before a machine is rented; nil: Hub ids are not checked.
+	Hub HubChecker
 	// DatasetLimits bound every dataset a start brings, from a file, an object or inline;
 	// zero fields take the defaults (DefaultMaxDatasetBytes, DefaultMaxDatasetRecords).
 	DatasetLimits dataset.Limits

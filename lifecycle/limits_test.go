@@ -2,13 +2,16 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/understudy-ai/training-service/internal/hubcheck"
 	"github.com/understudy-ai/training-service/job"
 )
 
@@ -197,5 +200,87 @@ func TestDefaultMaxDuration(t *testing.T) {
 		if err != nil || j.MaxDurationSeconds != c.want {
 			t.Errorf("%s: %v, max_duration_seconds %d, want %d", c.id, err, j.MaxDurationSeconds, c.want)
 		}
+	}
+}
+
+// recordingHub answers from a table (absent: found), records what it was asked, and keeps
+// a question about "org/slow" waiting until its context ends.
+type recordingHub struct {
+	mu    sync.Mutex
+	asked []string
+	errs  map[string]error
+}
+
+func (r *recordingHub) Check(ctx context.Context, id string) error {
+	r.mu.Lock()
+	r.asked = append(r.asked, id)
+	r.mu.Unlock()
+	if id == "org/slow" {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return r.errs[id]
+}
+
+// The Hub check sees only slm_types that are not local paths, only for new jobs, and each
+// refusal becomes an InvalidArgument error with the reason of its kind, storing nothing.
+func TestSubmitChecksHubIDs(t *testing.T) {
+	hub := &recordingHub{errs: map[string]error{
+		"org/gone": &hubcheck.Error{Kind: hubcheck.ErrNotFound, ID: "org/gone", Endpoint: "http://hub.test", Cause: "it answered HTTP 404"},
+		"org/far":  &hubcheck.Error{Kind: hubcheck.ErrUnreachable, ID: "org/far", Endpoint: "http://hub.test", Cause: "connection refused"},
+		"a/b/c":    hubcheck.ValidID("a/b/c"),
+		"org/odd":  errors.New("something else"),
+	}}
+	roots := t.TempDir()
+	model := filepath.Join(roots, "tiny")
+	os.MkdirAll(model, 0o700)
+	h := newHarness(t, Config{ModelRoots: []string{roots}, Hub: hub})
+	h.drv.Start(context.Background())
+	submit := func(ctx context.Context, id, slm string) error {
+		req := request(id, 2)
+		req.Spec.SLMType = slm
+		_, _, err := h.drv.Submit(ctx, req)
+		return err
+	}
+	for slm, want := range map[string]struct {
+		code   job.Code
+		reason string
+	}{
+		"org/gone": {job.CodeInvalidArgument, ReasonModelNotFound},
+		"org/far":  {job.CodeInvalidArgument, ReasonModelUnavailable},
+		"a/b/c":    {job.CodeInvalidArgument, job.ReasonInvalidModel},
+		"org/odd":  {job.CodeUnknown, ""},
+	} {
+		id := "h-" + strings.NewReplacer("/", "-").Replace(slm)
+		err := submit(context.Background(), id, slm)
+		if job.CodeOf(err) != want.code || job.ReasonOf(err) != want.reason {
+			t.Errorf("%s: %v (code %s, reason %q), want %s %q", slm, err, job.CodeOf(err), job.ReasonOf(err), want.code, want.reason)
+		}
+		if _, err := h.store.JobGet(context.Background(), id); job.CodeOf(err) != job.CodeNotFound {
+			t.Errorf("%s: the refused start was stored (%v)", slm, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := submit(ctx, "h-cancelled", "org/slow"); job.CodeOf(err) != job.CodeCanceled {
+		t.Errorf("a start whose request ended: %v, want %s", err, job.CodeCanceled)
+	}
+
+	hub.mu.Lock()
+	hub.asked = nil
+	hub.mu.Unlock()
+	for _, slm := range []string{model, "./models/x", "../x", "file://" + model} {
+		submit(context.Background(), "h-local", slm)
+	}
+	if err := submit(context.Background(), "h-ok", "org/ok"); err != nil {
+		t.Fatalf("a model the Hub has: %v", err)
+	}
+	if err := submit(context.Background(), "h-ok", "org/ok"); err != nil {
+		t.Fatalf("the same start again: %v", err)
+	}
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	if len(hub.asked) != 1 || hub.asked[0] != "org/ok" {
+		t.Errorf("the Hub was asked about %q, want only the new job's Hub id", hub.asked)
 	}
 }

@@ -95,3 +95,12 @@ type Session interface {
 	Restore(ctx context.Context, prefix, remoteDir string, files []job.ManifestFile) error
 	Close() error
 }
+
+// HubChecker says whether a Hugging Face Hub id names a model there. Check returns nil when
+// it does; otherwise an error that is (errors.Is) hubcheck.ErrInvalidID,
+// hubcheck.ErrNotFound or hubcheck.ErrUnreachable, best a *hubcheck.Error that names the
+// endpoint and the cause, or ctx's error when ctx ended first. It must honour ctx and
+// return within a few seconds.
+type HubChecker interface {
+	Check(ctx context.Context, id string) error
+}

@@ -83,9 +83,9 @@ func (r StartRequest) fingerprint() (string, error) {
 
 // Submit stores a new job and schedules it. It returns the job and whether it was created:
 // the same request again returns the existing job, a different request for the same
-// train_id is a job.CodeAlreadyExists error. A bad dataset or a local path outside the
-// configured roots is a job.CodeInvalidArgument error, a full queue (Config.MaxQueued) a
-// job.CodeResourceExhausted one; either stores nothing.
+// train_id is a job.CodeAlreadyExists error. A bad dataset, a local path outside the
+// configured roots or a Hub id that Config.Hub refuses is a job.CodeInvalidArgument error,
+// a full queue (Config.MaxQueued) a job.CodeResourceExhausted one; either stores nothing.
 func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, error) {
 	if looksLocal(req.Spec.SLMType) {
 		dir, err := d.localModel(req.Spec.SLMType)
@@ -104,6 +104,11 @@ func (d *Driver) Submit(ctx context.Context, req StartRequest) (*job.Job, bool, 
 		return nil, false, err
 	}
 	if err := d.prov.Check(MachineRequest{TrainID: req.Spec.TrainID, Provider: req.Spec.Provider, Options: options(req.Spec)}); err != nil {
+		return nil, false, err
+	}
+	// After the look-up (a retried start needs no Hub) and before the queue and the
+	// dataset: nothing is held while the Hub is asked.
+	if err := d.checkHubModel(ctx, req.Spec.SLMType); err != nil {
 		return nil, false, err
 	}
 	release, err := d.reserveQueue()

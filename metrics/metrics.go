@@ -2,10 +2,7 @@ package metrics
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -87,39 +84,6 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // Handler serves the metrics in the Prometheus exposition format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
-}
-
-// Mount returns a handler that serves the metrics at Path to callers presenting the bearer
-// token, and everything else with next. An empty token serves the metrics to anyone.
-func (m *Metrics) Mount(next http.Handler, token string) http.Handler {
-	h := m.Handler()
-	if token != "" {
-		h = RequireToken(h, token)
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == Path {
-			h.ServeHTTP(w, r)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// RequireToken answers 401 to a request without "Authorization: Bearer <token>".
-func RequireToken(next http.Handler, token string) http.Handler {
-	want := sha256.Sum256([]byte(token))
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-		got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-		if !ok || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="understudy"`)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			w.Write([]byte(`{"error":{"code":"unauthenticated","message":"a valid bearer token is required"}}` + "\n"))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 // WebhookDelivery counts a webhook delivery's result (webhook.Options.Report).

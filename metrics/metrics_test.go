@@ -2,8 +2,6 @@ package metrics
 
 import (
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -211,53 +209,3 @@ func TestWebhookDeliveries(t *testing.T) {
 	}
 }
 
-func TestMountNeedsTheToken(t *testing.T) {
-	m := New()
-	newFeeder(m, "x", "local")
-	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
-	srv := httptest.NewServer(m.Mount(api, "tok"))
-	defer srv.Close()
-	get := func(path, token string) (int, string) {
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var b strings.Builder
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := resp.Body.Read(buf)
-			b.Write(buf[:n])
-			if err != nil {
-				break
-			}
-		}
-		return resp.StatusCode, b.String()
-	}
-	if code, _ := get("/metrics", ""); code != http.StatusUnauthorized {
-		t.Fatalf("no token: %d", code)
-	}
-	if code, _ := get("/metrics", "wrong"); code != http.StatusUnauthorized {
-		t.Fatalf("wrong token: %d", code)
-	}
-	code, body := get("/metrics", "tok")
-	if code != http.StatusOK || !strings.Contains(body, `understudy_jobs{provider="local",status="queued"} 1`) || !strings.Contains(body, "go_goroutines") {
-		t.Fatalf("with the token: %d\n%s", code, body)
-	}
-	if code, _ := get("/api/v1/training", ""); code != http.StatusTeapot {
-		t.Fatalf("other paths must reach the API: %d", code)
-	}
-
-	// Without a token (a separate metrics listener) anyone may scrape.
-	open := httptest.NewServer(m.Handler())
-	defer open.Close()
-	resp, err := http.Get(open.URL + "/metrics")
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("open listener: %v %v", err, resp)
-	}
-	resp.Body.Close()
-}

@@ -27,6 +27,7 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		"--log-level":        func(c *Config) { c.LogLevel = "loud" },
 		"--max-attempts":     func(c *Config) { c.MaxAttempts = -1 },
 		"--checkpoint-every": func(c *Config) { c.CheckpointEvery = time.Millisecond },
+		"--hub-endpoint":     func(c *Config) { c.HubEndpoint = "huggingface.co" },
 	}
 	for field, mutate := range cases {
 		c := good
@@ -77,6 +78,7 @@ func TestUsageErrors(t *testing.T) {
 		{"frobnicate"},
 		{"serve", "--max-concurrent", "0"},
 		{"serve", "extra"},
+		{"serve", "--hub-endpoint", "https://user:pw@hub.example"},
 		{"status"},
 		{"start", "--dataset", "x.jsonl"},
 	}
@@ -87,6 +89,16 @@ func TestUsageErrors(t *testing.T) {
 		if err == nil || exitCode(err) != 2 {
 			t.Errorf("%v: got %v (exit %d), want a usage error", args, err, exitCode(err))
 		}
+	}
+}
+
+func TestHubCheckFromTheEnvironment(t *testing.T) {
+	t.Setenv("UNDERSTUDY_API_TOKEN", "t")
+	t.Setenv("UNDERSTUDY_HUB_CHECK", "sometimes")
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"serve"}, &out, &errb)
+	if exitCode(err) != 2 || !strings.Contains(err.Error(), "UNDERSTUDY_HUB_CHECK") {
+		t.Fatalf("got %v (exit %d), want a usage error naming UNDERSTUDY_HUB_CHECK", err, exitCode(err))
 	}
 }
 

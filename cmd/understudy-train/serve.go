@@ -14,10 +14,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/understudy-ai/training-service/api"
 	"github.com/understudy-ai/training-service/dataset"
+	"github.com/understudy-ai/training-service/internal/hubcheck"
 	"github.com/understudy-ai/training-service/internal/sysuser"
 	"github.com/understudy-ai/training-service/lifecycle"
 	"github.com/understudy-ai/training-service/metrics"
@@ -68,6 +70,10 @@ type Config struct {
 	// MetricsListen, when set, serves /metrics there without a token (and not on Listen);
 	// otherwise /metrics is on Listen and needs the API token.
 	MetricsListen string
+	// HubCheck has a start whose slm_type is a Hugging Face id asked about at HubEndpoint
+	// before anything is made; off, such ids are checked only on the machine.
+	HubCheck    bool
+	HubEndpoint string
 }
 
 // Validate names the first bad field.
@@ -121,6 +127,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
 			return fmt.Errorf("--metrics-listen %q: want host:port", c.MetricsListen)
 		}
+	}
+	if _, err := hubcheck.ParseEndpoint(c.HubEndpoint); err != nil {
+		return fmt.Errorf("--hub-endpoint %q: want an http or https URL without credentials, query or fragment", c.HubEndpoint)
 	}
 	return nil
 }
@@ -183,6 +192,14 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.WebhookURL, "webhook-url", os.Getenv("UNDERSTUDY_WEBHOOK_URL"), "URL that gets a signed POST of the job's status document on every status change (docs/operations.md); needs --webhook-secret-file")
 	fs.StringVar(&cfg.WebhookSecretFile, "webhook-secret-file", os.Getenv("UNDERSTUDY_WEBHOOK_SECRET_FILE"), "owner-only file holding the secret that signs webhook deliveries (HMAC-SHA256)")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", os.Getenv("UNDERSTUDY_METRICS_LISTEN"), "serve Prometheus /metrics on this separate address, without a token (default: on --listen, behind the API token)")
+	defaultHubCheck := true
+	if v := os.Getenv("UNDERSTUDY_HUB_CHECK"); v != "" {
+		if defaultHubCheck, err = strconv.ParseBool(v); err != nil {
+			return usageError("UNDERSTUDY_HUB_CHECK: want true or false")
+		}
+	}
+	fs.BoolVar(&cfg.HubCheck, "hub-check", defaultHubCheck, "ask the Hugging Face Hub, before anything is made, whether a slm_type that is not a local path names a model there (off: only the machine finds out)")
+	fs.StringVar(&cfg.HubEndpoint, "hub-endpoint", envOr("HF_ENDPOINT", hubcheck.DefaultEndpoint), "the Hub the check asks (default from $HF_ENDPOINT when set); the machines download from their own HF_ENDPOINT")
 	if err := cfg.Limits.register(fs); err != nil {
 		return usageError(err.Error())
 	}
@@ -292,6 +309,17 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for name, st := range provs.status {
 		log.Info("provider", "provider", name, "status", st)
 	}
+	var hub lifecycle.HubChecker
+	if cfg.HubCheck {
+		hc, err := hubcheck.New(&hubcheck.Options{Endpoint: cfg.HubEndpoint})
+		if err != nil {
+			return usageError(err.Error())
+		}
+		hub = hc
+		log.Info("hub check", "endpoint", hc.Endpoint())
+	} else {
+		log.Info("hub check off: Hugging Face ids are checked on the machines only")
+	}
 	mtr := metrics.New()
 	observers := []lifecycle.Observer{mtr}
 	var hooks *webhook.Notifier
@@ -326,6 +354,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MachineLease:       lease,
 		DatasetRoots:       cfg.Limits.DatasetRoots,
 		ModelRoots:         cfg.Limits.ModelRoots,
+		Hub:                hub,
 		DatasetLimits:      dataset.Limits{MaxBytes: cfg.Limits.MaxDatasetBytes, MaxRecords: cfg.Limits.MaxDatasetRecords},
 		MaxQueued:          cfg.Limits.MaxQueued,
 		DefaultMaxDuration: cfg.Limits.DefaultMaxDuration,
@@ -347,12 +376,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	var handler http.Handler = api.New(drv, api.Options{Token: token, Providers: programs.Names(), ProviderStatus: provs.status, Logger: log,
-		MaxPairs: cfg.Limits.MaxPairs, MaxStreams: cfg.Limits.MaxStreams, SpoolDir: drv.UploadDir()})
+	apiOpts := api.Options{Token: token, Providers: programs.Names(), ProviderStatus: provs.status, Logger: log,
+		MaxPairs: cfg.Limits.MaxPairs, MaxStreams: cfg.Limits.MaxStreams, SpoolDir: drv.UploadDir()}
 	var metricsSrv *http.Server
 	if cfg.MetricsListen == "" {
 		// On the API's listener the metrics need the API token, as every other read does.
-		handler = mtr.Mount(handler, token)
+		apiOpts.Metrics = mtr.Handler()
 	} else {
 		mln, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
@@ -366,7 +395,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info("serving metrics", "listen", mln.Addr().String())
 		fmt.Fprintf(stdout, "understudy-train metrics on http://%s%s\n", mln.Addr(), metrics.Path)
 	}
-	srv := api.NewHTTPServer(ctx, handler)
+	srv := api.NewHTTPServer(ctx, api.New(drv, apiOpts))
 	if err := drv.Start(ctx); err != nil {
 		ln.Close()
 		if metricsSrv != nil {

@@ -68,7 +68,10 @@ type Service struct {
 	Data  string
 	Addr  string
 	Token string
-	// Args and Env are added to the serve command line and environment.
+	// Args and Env are added to the serve command line and environment. The command line
+	// begins with --hub-check=false, so that no test asks the real Hugging Face Hub about
+	// the Hub ids it posts; a test of the check turns it on in Args, with a --hub-endpoint
+	// of its own.
 	Args []string
 	Env  []string
 	// BackendURL is the Pulumi backend the service is started with (--backend-url) and
@@ -209,7 +212,7 @@ func (s *Service) Start() {
 		s.Addr = freePort(s.t)
 	}
 	s.log = &bytes.Buffer{}
-	args := append([]string{"serve", "--listen", s.Addr, "--data-dir", s.Data, "--local-workers-dir", s.Workers}, s.Args...)
+	args := append([]string{"serve", "--listen", s.Addr, "--data-dir", s.Data, "--local-workers-dir", s.Workers, "--hub-check=false"}, s.Args...)
 	if s.BackendURL != "" {
 		args = append(args, "--backend-url", s.BackendURL)
 	}
