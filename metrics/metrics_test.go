@@ -208,4 +208,3 @@ func TestWebhookDeliveries(t *testing.T) {
 		t.Fatalf("dropped = %v", v)
 	}
 }
-
