@@ -130,11 +130,26 @@ func TestDashboardInChromium(t *testing.T) {
 	if strings.Contains(scriptCookies, "understudy_session") {
 		t.Fatalf("scripts can read the session cookie: %q", scriptCookies)
 	}
+	// keepScreenshot saves the page as it is now among the test's artifacts.
+	keepScreenshot := func(name string) {
+		t.Helper()
+		var shot []byte
+		run("screenshot "+name, chromedp.FullScreenshot(&shot, 100))
+		if _, err := png.Decode(bytes.NewReader(shot)); err != nil {
+			t.Fatalf("screenshot: %v", err)
+		}
+		p := filepath.Join(artifactsDir(t), name)
+		if err := os.WriteFile(p, shot, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("screenshot: %s (%d bytes)", p, len(shot))
+	}
 	var row string
 	run("jobs table", chromedp.Text(`#jobs tr[data-train-id="`+id+`"]`, &row))
 	if !strings.Contains(row, "local") || !strings.Contains(row, "$") {
 		t.Errorf("job row: %q", row)
 	}
+	keepScreenshot("dashboard-jobs.png")
 
 	// The job's page: the curve grows while we watch.
 	points := func() int {
@@ -172,16 +187,7 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Fatalf("status %q, log:\n%s", status, logText)
 	}
 
-	var shot []byte
-	run("screenshot", chromedp.FullScreenshot(&shot, 100))
-	if _, err := png.Decode(bytes.NewReader(shot)); err != nil {
-		t.Fatalf("screenshot: %v", err)
-	}
-	p := filepath.Join(artifactsDir(t), "dashboard-job.png")
-	if err := os.WriteFile(p, shot, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot of the job page: %s (%d bytes)", p, len(shot))
+	keepScreenshot("dashboard-job.png")
 
 	run("cancel",
 		chromedp.Click("#cancel", chromedp.ByID),

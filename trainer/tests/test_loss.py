@@ -73,3 +73,18 @@ def test_packing_does_not_change_training(tiny_model, tmp_path):
     packed = _step_losses(tiny_model, tmp_path / "a", "--batch-size", "8")
     padded = _step_losses(tiny_model, tmp_path / "b", "--batch-size", "8", "--no-packing")
     assert packed == pytest.approx(padded, rel=2e-4)
+
+
+def test_token_sized_micro_batches_do_not_change_training(tiny_model, tmp_path, monkeypatch):
+    whole = _step_losses(tiny_model, tmp_path / "a", "--batch-size", "16")
+    whole_padded = _step_losses(tiny_model, tmp_path / "b", "--batch-size", "16", "--no-packing")
+    # About two examples per micro-batch: a step of 16 runs as several.
+    monkeypatch.setenv("UNDERSTUDY_MICRO_BATCH_TOKENS", "60")
+    assert _step_losses(tiny_model, tmp_path / "c", "--batch-size", "16") == pytest.approx(whole, rel=2e-4)
+    assert _step_losses(tiny_model, tmp_path / "d", "--batch-size", "16", "--no-packing") == pytest.approx(whole_padded, rel=2e-4)
+
+
+def test_micro_token_budget_must_be_a_count(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNDERSTUDY_MICRO_BATCH_TOKENS", "lots")
+    r = run_cli(train_args(tiny_model, SAMPLE, str(tmp_path), "--max-steps", "1"))
+    assert r.code == 2 and r.last["code"] == "invalid_hyperparameters" and "UNDERSTUDY_MICRO_BATCH_TOKENS" in r.last["message"]

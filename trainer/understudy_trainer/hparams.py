@@ -105,6 +105,21 @@ def default_learning_rate(n_params, lora):
     return 1e-5
 
 
+def micro_batch_tokens(n_params, gpu_memory_bytes):
+    """Tokens per micro-batch on a GPU: ~16K for small models, fewer for big ones, half that
+    on a GPU of less than 20 GB. A step's examples are cut into micro-batches of about this
+    many tokens, however many examples that is (the out-of-memory fallback halves it)."""
+    if n_params < 500e6:
+        tokens = 16384
+    elif n_params < 3e9:
+        tokens = 8192
+    else:
+        tokens = 4096
+    if gpu_memory_bytes and gpu_memory_bytes < 20e9:
+        tokens //= 2
+    return tokens
+
+
 def default_batch_size(device, n_params, max_seq_len, gpu_memory_bytes, mean_example_tokens=None):
     """Examples per micro-batch, sized by tokens: on a GPU, aim at ~16K tokens per
     micro-batch for small models, fewer for big ones. With packing, examples fill rows of
@@ -114,14 +129,7 @@ def default_batch_size(device, n_params, max_seq_len, gpu_memory_bytes, mean_exa
     out-of-memory fallback splits micro-batches further if needed."""
     if device != "cuda":
         return 8
-    if n_params < 500e6:
-        tokens = 16384
-    elif n_params < 3e9:
-        tokens = 8192
-    else:
-        tokens = 4096
-    if gpu_memory_bytes and gpu_memory_bytes < 20e9:
-        tokens //= 2
+    tokens = micro_batch_tokens(n_params, gpu_memory_bytes)
     per_example = max_seq_len
     if mean_example_tokens:
         per_example = max(1, min(max_seq_len, math.ceil(mean_example_tokens)))

@@ -23,6 +23,11 @@ from .progress import gpu_sample
 # the data encoded as text.
 STATE_VERSION = 2
 
+# Tokens per micro-batch: unset, micro-batches are sized by tokens on a GPU
+# (hparams.micro_batch_tokens) and hold batch_size examples on the CPU; "0" sizes them by
+# examples everywhere.
+MICRO_TOKENS_ENV = "UNDERSTUDY_MICRO_BATCH_TOKENS"
+
 
 @dataclass
 class Options:
@@ -229,6 +234,7 @@ class Run:
         if not examples:
             raise BadInput(INVALID_DATASET, f"no pair fits in max_seq_len {self.hp['max_seq_len']}: every response is too long")
         self.train_ex, self.eval_ex = data.split(examples, o.eval_fraction, o.seed)
+        self.micro_tokens = self._micro_token_budget()
         self.step_examples = self.hp["batch_size"] * self.hp["grad_accum"] * self.dist.world
         self.steps_per_epoch = max(1, math.ceil(len(self.train_ex) / self.step_examples))
         self.total_steps = self.hp["epochs"] * self.steps_per_epoch
@@ -240,6 +246,24 @@ class Run:
         if self.resume_state is None and self.dist.main:
             # Checkpoints of another run would outrank this run's when the last two are kept.
             checkpoint.remove_all(o.checkpoint_dir)
+
+    def _micro_token_budget(self):
+        """Tokens per micro-batch, or None when micro-batches hold batch_size examples. Sized
+        by tokens, short pairs fill a micro-batch instead of leaving the GPU idle, and long
+        ones split into several instead of running out of memory; the step (batch_size x
+        grad_accum examples per rank) and so the training are the same either way."""
+        v = os.environ.get(MICRO_TOKENS_ENV)
+        if v is not None and v.strip() != "":
+            try:
+                n = int(v)
+            except ValueError:
+                n = -1
+            if n < 0:
+                raise BadInput(INVALID_HYPERPARAMETERS, f"{MICRO_TOKENS_ENV}={v!r}: want a number of tokens (0: by examples)")
+            return n or None
+        if self.device == "cuda":
+            return hparams.micro_batch_tokens(self.n_params, self.gpu_memory)
+        return None
 
     def _resolve_hyperparameters(self):
         o = self.opts
@@ -395,14 +419,46 @@ class Run:
         """This rank's micro-batches of a step: the step's examples dealt out one by one, so
         that every rank gets a share as even as can be; a rank may get none (a short last
         step), and still takes part in the step's collectives."""
-        bs = self.hp["batch_size"]
         mine = examples[self.dist.rank::self.dist.world]
+        if self.micro_tokens:
+            return self._token_micro_batches(mine)
+        bs = self.hp["batch_size"]
         out = []
         for i in range(0, len(mine), bs):
             mb = mine[i:i + bs]
             size = max(1, math.ceil(len(mb) / self.micro_split))
             out += [mb[j:j + size] for j in range(0, len(mb), size)]
         return out
+
+    def _micro_cost(self, mb_len, n_examples, longest):
+        """The tokens a micro-batch occupies: its tokens when packed, its rows padded to the
+        longest when not."""
+        return mb_len if self.opts.pack else n_examples * longest
+
+    def _token_micro_batches(self, mine):
+        """Cuts this rank's examples, in order, into micro-batches of at most the token budget
+        (halved on each out-of-memory retry); an example longer than the budget goes alone."""
+        budget = max(1, self.micro_tokens // self.micro_split)
+        out, cur, tokens, longest = [], [], 0, 0
+        for e in mine:
+            n = len(e.input_ids)
+            if cur and self._micro_cost(tokens + n, len(cur) + 1, max(longest, n)) > budget:
+                out.append(cur)
+                cur, tokens, longest = [], 0, 0
+            cur.append(e)
+            tokens += n
+            longest = max(longest, n)
+        if cur:
+            out.append(cur)
+        return out
+
+    def _one_example_per_micro_batch(self, examples):
+        """Whether every micro-batch of the step holds a single example, on every rank (it is
+        computed from the whole step, which all ranks share): splitting further cannot help."""
+        if not self.micro_tokens:
+            return self.micro_split >= self.hp["batch_size"]
+        shortest = min((len(e.input_ids) for e in examples), default=0)
+        return self.micro_tokens // self.micro_split < 2 * shortest
 
     def _stop_requested(self):
         # Every rank stops at the same step, whichever got the signal.
@@ -440,11 +496,13 @@ class Run:
                     self.train_model = self.model
                     self.compiled = False
                     continue
-                if self.micro_split >= self.hp["batch_size"]:
+                if self._one_example_per_micro_batch(examples):
                     raise TrainerError(OUT_OF_MEMORY, f"out of GPU memory even with one example per micro-batch "
                                                       f"(max_seq_len {self.hp['max_seq_len']})")
                 self.micro_split *= 2
-                self.emit.log(f"out of GPU memory: splitting each micro-batch in {self.micro_split}", "warning")
+                self.emit.log(f"out of GPU memory: micro-batches of at most {self.micro_tokens // self.micro_split} tokens"
+                              if self.micro_tokens else f"out of GPU memory: splitting each micro-batch in {self.micro_split}",
+                              "warning")
                 continue
             return self._apply_step(loss_acc, total_targets, int(tokens))
 
