@@ -570,7 +570,7 @@ func (d *Driver) follow(ctx context.Context, trainID string, m job.Machine, sign
 		*sess = ns
 	}
 	if code != progress.ExitOK {
-		tail, _ := (*sess).Run(ctx, "tail -c 4000 "+shellQuote(wd)+"/stderr.log 2>/dev/null; tail -c 2000 "+shellQuote(wd)+"/bootstrap.log 2>/dev/null")
+		tail, _ := (*sess).Run(ctx, stderrTail(wd)+"; tail -c 2000 "+shellQuote(wd)+"/bootstrap.log 2>/dev/null")
 		if len(tail) > 0 {
 			d.logLines(ctx, trainID, "stderr", strings.Split(strings.TrimRight(string(tail), "\n"), "\n")...)
 		}
@@ -622,8 +622,14 @@ type follower struct {
 func (f *follower) onLine(line []byte, end int64) error {
 	f.offset = end
 	f.dirty = true
-	f.pending = append(f.pending, store.LogLine{Time: time.Now().UTC(), Stream: "progress", Text: string(line)})
 	e, err := progress.Parse(line)
+	if err == nil && e.Event == progress.EventLog && e.Stream == progress.StreamStderr {
+		// A line of the runtime's stderr goes to the log as what it is, in its place among
+		// the progress lines.
+		f.pending = append(f.pending, store.LogLine{Time: time.Now().UTC(), Stream: "stderr", Text: e.Message})
+	} else {
+		f.pending = append(f.pending, store.LogLine{Time: time.Now().UTC(), Stream: "progress", Text: string(line)})
+	}
 	if err == nil {
 		switch e.Event {
 		case progress.EventStart:
@@ -656,6 +662,19 @@ func (f *follower) onLine(line []byte, end int64) error {
 		return f.flush()
 	}
 	return nil
+}
+
+// stderrTail is the shell command that prints what the job's log gets of stderr.log after a
+// failure. The runtime streams its stderr as log events that say where each line ends in the
+// file, so the log already holds all of it up to the last such event in progress.jsonl: what
+// follows that (a hard crash's last words, torchrun's report after the protocol's last line)
+// is printed. When the runtime streamed nothing (it died before it could), the file's tail is,
+// as for a runtime that does not stream. Either is cut to its last 4000 bytes. The offset is
+// read on the machine, not remembered here, so a service restart changes nothing.
+func stderrTail(wd string) string {
+	return "(cd " + shellQuote(wd) + " && { " +
+		`off=$(grep -o '"stderr_offset":[0-9]*' progress.jsonl | tail -n 1 | cut -d: -f2); ` +
+		`if [ -n "$off" ]; then tail -c +$((off + 1)) stderr.log; else tail -c 4000 stderr.log; fi; } 2>/dev/null | tail -c 4000)`
 }
 
 func (f *follower) flush() error {

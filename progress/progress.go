@@ -25,6 +25,9 @@ const (
 	EventError      = "error"
 )
 
+// StreamStderr marks a log event that carries a line of the runtime's stderr.
+const StreamStderr = "stderr"
+
 // Exit codes of the runtime.
 const (
 	ExitOK        = 0
@@ -78,6 +81,11 @@ type Event struct {
 	// log
 	Level   string `json:"level,omitempty"`
 	Message string `json:"message,omitempty"`
+	// Stream is StreamStderr for a line of the runtime's stderr (Message holds it), empty for
+	// the runtime's own notes. StderrOffset is then the byte offset in the runtime's stderr
+	// file just past that line: what the file holds beyond it was not streamed.
+	Stream       string `json:"stream,omitempty"`
+	StderrOffset int64  `json:"stderr_offset,omitempty"`
 
 	// done
 	Files     []File         `json:"files,omitempty"`

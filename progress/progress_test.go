@@ -96,3 +96,25 @@ func TestStepGPUSample(t *testing.T) {
 		t.Fatalf("step on a CPU: %+v, %v", e, err)
 	}
 }
+
+func TestStderrVector(t *testing.T) {
+	var got []Event
+	for _, l := range readVector(t, "stderr.jsonl") {
+		e, err := Parse(l)
+		if err != nil {
+			t.Fatalf("parse %s: %v", l, err)
+		}
+		got = append(got, e)
+	}
+	if len(got) != 5 || got[4].Event != EventError {
+		t.Fatalf("events %+v", got)
+	}
+	for i, want := range []string{StreamStderr, "", StreamStderr, StreamStderr} {
+		if got[i].Event != EventLog || got[i].Stream != want {
+			t.Fatalf("event %d: %+v, want a log event of stream %q", i, got[i], want)
+		}
+	}
+	if got[0].Message != "UserWarning: the attention mask is not set" || got[0].StderrOffset != 43 || got[3].Level != "warning" || got[1].StderrOffset != 0 {
+		t.Fatalf("stderr lines: %+v", got)
+	}
+}

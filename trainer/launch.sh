@@ -32,7 +32,9 @@ if ! py=$(bash runtime/bootstrap.sh 2>>bootstrap.log | tail -n 1) || [ -z "$py" 
     rc=1
   fi
 else
-  PYTHONPATH=runtime "$py" -m understudy_trainer train \
+  # The runtime's stderr (stderr.log) also goes to the progress stream as log events, in
+  # order with the other events (docs/progress-protocol.md).
+  UNDERSTUDY_STREAM_STDERR=1 PYTHONPATH=runtime "$py" -m understudy_trainer train \
     --model "${UNDERSTUDY_MODEL:?}" \
     --dataset data/train.jsonl \
     --output-dir out \

@@ -26,6 +26,13 @@ NPROC_ENV = "UNDERSTUDY_NPROC"
 # checkpoint, a slower share of the held-out generations) before the run fails.
 DIST_TIMEOUT_ENV = "UNDERSTUDY_DIST_TIMEOUT_SECONDS"
 DEFAULT_DIST_TIMEOUT = 1800
+# Set (to 1) by launch.sh: stream the run's stderr as protocol log events
+# (progress.StderrFollower), so the job's log shows it in order with the progress. The run's
+# stderr must then be a regular file (stderr.log). STDERR_FROM_ENV is the byte of that file
+# the stream starts at: where it ended when the first process of the run started, so that
+# torchrun's rank 0 also streams what the launching process wrote before it.
+STREAM_STDERR_ENV = "UNDERSTUDY_STREAM_STDERR"
+STDERR_FROM_ENV = "UNDERSTUDY_STDERR_FROM"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,9 +52,9 @@ def _parser():
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if any")
     t.add_argument("--epochs", type=int)
     t.add_argument("--learning-rate", type=float)
-    t.add_argument("--batch-size", type=int, help="examples per micro-batch (per GPU)")
+    t.add_argument("--batch-size", type=int, help="examples per GPU per accumulation slice: a step is batch_size x grad_accum x GPUs examples")
     t.add_argument("--max-seq-len", type=int)
-    t.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    t.add_argument("--grad-accum", type=int, help="batch_size slices per optimizer step (default 1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-fraction", type=float, default=0.05)
     t.add_argument("--checkpoint-every-steps", type=int, default=0)
@@ -92,6 +99,7 @@ def run(argv, stdout, install_signals=True):
 
     dist = Dist.from_env()
     emitter = progress.Emitter(stdout, enabled=dist.main)
+    follower = _follow_stderr(emitter) if dist.main else None
     stop = Stop()
     previous = None
     if install_signals:
@@ -119,12 +127,29 @@ def run(argv, stdout, install_signals=True):
             _report(emitter, INTERNAL, f"{type(e).__name__}: {str(e)[:2000]}")
         code = EXIT_FAILED
     finally:
+        if follower is not None:
+            follower.close()
         if install_signals:
             signal.signal(signal.SIGTERM, previous)
         if dist.main and os.environ.get(EXIT_FILE_ENV):
             with open(os.environ[EXIT_FILE_ENV], "w", encoding="utf-8") as f:
                 f.write(str(code))
     return code
+
+
+def _follow_stderr(emitter):
+    """Starts streaming stderr when launch.sh asks for it. Only the process that writes the
+    protocol (rank 0 under torchrun) follows: it reads the file every process of the run
+    writes its stderr to, so there is one writer of stderr events, whose lines come in
+    order with its own events."""
+    if os.environ.get(STREAM_STDERR_ENV) != "1":
+        return None
+    try:
+        start = int(os.environ[STDERR_FROM_ENV]) if os.environ.get(STDERR_FROM_ENV) else None
+    except ValueError:
+        start = None
+    follower = progress.StderrFollower.open_stderr(emitter, start)
+    return follower.start() if follower is not None else None
 
 
 def _report(emitter, code, message):
@@ -240,6 +265,11 @@ def main(argv=None):
     sys.stdout = sys.stderr
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if os.environ.get(STREAM_STDERR_ENV) == "1" and not os.environ.get(STDERR_FROM_ENV):
+        try:
+            os.environ[STDERR_FROM_ENV] = str(os.fstat(2).st_size)
+        except OSError:
+            pass
     if _wants_torchrun(argv):
         try:
             n = _process_count(argv)

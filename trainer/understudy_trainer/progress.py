@@ -7,7 +7,11 @@ ignored (with a reason), unknown fields are ignored.
 
 import json
 import math
+import os
 import re
+import stat
+import sys
+import threading
 import time
 
 VERSION = 1
@@ -45,7 +49,12 @@ FIELDS = {
     "done": {"files": _LIST, "metrics": _OBJ, "output_dir": _STR},
     "error": {"code": _STR, "message": _STR},
 }
-OPTIONAL = {"step": {"mfu": (_NUM, None), "gpu_utilization": (_NUM, None), "gpu_memory_bytes": (_INT, None)}}
+OPTIONAL = {
+    "step": {"mfu": (_NUM, None), "gpu_utilization": (_NUM, None), "gpu_memory_bytes": (_INT, None)},
+    # A line of the runtime's stderr (StderrFollower): where it came from, and the byte
+    # offset in the stderr file just past it.
+    "log": {"stream": ("stderr",), "stderr_offset": _INT},
+}
 EVENTS = tuple(FIELDS)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -178,25 +187,55 @@ def gpu_sample(index=0, nvidia_smi="nvidia-smi"):
 
 class Emitter:
     """Writes protocol lines to a text stream, one flushed line each. Only rank 0 of a
-    distributed run gets an enabled emitter."""
+    distributed run gets an enabled emitter. Safe for several threads: each line is written
+    whole, under a lock. With a StderrFollower attached (``follow``), every event is
+    preceded by the stderr lines written before it, and none follows ``done`` or ``error``."""
+
+    TERMINAL = ("done", "error")
 
     def __init__(self, stream, enabled=True, clock=time.time):
         self.stream = stream
         self.enabled = enabled
         self.clock = clock
         self.last_event = None
+        self.follower = None
+        self._lock = threading.Lock()
 
-    def emit(self, event, **fields):
+    def follow(self, follower):
+        self.follower = follower
+
+    def _line(self, event, fields):
         obj = {"v": VERSION, "event": event, "time": round(self.clock(), 3)}
         obj.update({k: _finite(v) for k, v in fields.items()})
         validate(obj)
         line = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
         if len(line.encode("utf-8")) > MAX_LINE_BYTES:
             raise ProtocolError(f"{event} line longer than 64 KiB")
-        self.last_event = event
-        if self.enabled:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+        return obj, line
+
+    def _write(self, line):
+        with self._lock:
+            if self.enabled:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+
+    def emit(self, event, **fields):
+        obj, line = self._line(event, fields)
+        follower = self.follower
+        if follower is None:
+            self.last_event = event
+            self._write(line)
+            return obj
+        with follower.lock:
+            try:
+                sys.stderr.flush()
+                follower.catch_up(final=event in self.TERMINAL, summarise=True)
+            except (OSError, ValueError):
+                follower.finished = True  # stderr unreadable: the event matters more
+            self.last_event = event
+            self._write(line)
+            if event in self.TERMINAL:
+                follower.finished = True
         return obj
 
     def log(self, message, level="info"):
@@ -204,3 +243,181 @@ class Emitter:
 
     def error(self, code, message):
         return self.emit("error", code=code, message=message[:8192])
+
+
+class StderrFollower:
+    """Streams the runtime's stderr as ``log`` events with ``"stream": "stderr"``, in order
+    with the other events.
+
+    It follows the file that fd 2 writes to (``stderr.log`` on the machine, appended to by
+    every process of the run, torchrun's workers included) from byte ``start`` on, reading
+    it through a descriptor of its own: the file itself stays exactly as the processes wrote
+    it, and a process that dies hard (a segfault, an abort in native code, SIGKILL) loses
+    nothing from it. A thread polls the file; the emitter catches up on it before each event
+    of its own. Lines are split at ``\\n`` and ``\\r``; a line ended by ``\\r`` alone is a
+    redraw (a progress bar) and is shown at most every ``redraw_every`` seconds; lines longer
+    than ``max_chars`` are cut. At most ``burst`` lines at once and ``rate`` per second on
+    average are shown: beyond that, lines are counted for at least a second and then
+    summarised in one event."""
+
+    def __init__(self, emitter, fd, start, max_chars=2000, burst=200, rate=20.0, redraw_every=10.0, poll=0.25,
+                 clock=time.monotonic):
+        self.emitter = emitter
+        self.fd = fd
+        self.pos = start  # the next byte of the file to read
+        self.max_chars = max_chars
+        self.burst = burst
+        self.rate = rate
+        self.redraw_every = redraw_every
+        self.poll = poll
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.finished = False
+        self._partial = b""
+        self._skipping = False  # dropping the rest of a line already cut
+        self._tokens = float(burst)
+        self._refilled = clock()
+        self._dropped = 0
+        self._dropped_since = 0.0
+        self._dropped_end = start
+        self._redraw_at = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    @classmethod
+    def open_stderr(cls, emitter, start=None, **kw):
+        """A follower of this process's fd 2, or None when fd 2 is not a regular file (a
+        pipe or a terminal cannot be read back)."""
+        try:
+            st = os.fstat(2)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            fd = os.open("/proc/self/fd/2", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        mine = os.fstat(fd)
+        if (mine.st_dev, mine.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            return None
+        return cls(emitter, fd, st.st_size if start is None else start, **kw)
+
+    def start(self):
+        self.emitter.follow(self)
+        self._thread = threading.Thread(target=self._run, name="stderr-follower", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout=5.0):
+        """Takes in what the file holds now (unless a terminal event was written), stops the
+        thread and detaches from the emitter."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self.lock:
+            try:
+                sys.stderr.flush()
+            except Exception:  # noqa: BLE001 - stderr gone: nothing to flush
+                pass
+            self.catch_up(final=True)
+            self.finished = True
+            if self.emitter.follower is self:
+                self.emitter.follower = None
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+    def _run(self):
+        while not self._stop.wait(self.poll):
+            try:
+                with self.lock:
+                    if self.finished:
+                        return
+                    self.catch_up()
+            except Exception:  # noqa: BLE001 - the protocol stream is gone: stop following
+                return
+
+    def catch_up(self, final=False, summarise=False):
+        """Emits what the file holds past what was read (with ``final``, an unterminated last
+        line too) and, with ``summarise`` or ``final``, the count of lines held back so far.
+        Called with ``lock`` held."""
+        if self.finished:
+            return
+        while True:
+            chunk = os.pread(self.fd, 1 << 16, self.pos)
+            if not chunk:
+                break
+            self.pos += len(chunk)
+            self._take(self._partial + chunk)
+        if final:
+            if self._partial and not self._skipping:
+                self._line(self._partial, self.pos, redraw=False)
+            self._partial, self._skipping = b"", False
+        self._summarise(force=final or summarise)
+
+    def _take(self, data):
+        base = self.pos - len(data)  # file offset of data[0]
+        i = 0
+        while True:
+            j = _next_break(data, i)
+            if j < 0:
+                break
+            if data[j] == 0x0D and j + 1 == len(data):
+                break  # a \r that may be the first half of \r\n: wait for the next byte
+            crlf = data[j] == 0x0D and data[j + 1] == 0x0A
+            stop = j + 2 if crlf else j + 1
+            redraw = data[j] == 0x0D and not crlf
+            if self._skipping:
+                self._skipping = False
+            else:
+                self._line(data[i:j], base + stop, redraw)
+            i = stop
+        rest = data[i:]
+        limit = self.max_chars * 4
+        if len(rest) > limit and not self._skipping:
+            self._line(rest[:limit], base + i + limit, redraw=False)
+            self._skipping = True
+        self._partial = b"" if self._skipping else rest
+
+    def _line(self, raw, end, redraw):
+        text = raw.decode("utf-8", errors="replace").rstrip()
+        if not text.strip():
+            return
+        if len(text) > self.max_chars:
+            text = text[:self.max_chars] + " … (truncated; see stderr.log)"
+        now = self.clock()
+        if redraw:
+            if self._redraw_at is not None and now - self._redraw_at < self.redraw_every:
+                return
+            self._redraw_at = now
+        self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        if self._dropped and now - self._dropped_since < 1.0 or self._tokens < 1:
+            if not self._dropped:
+                self._dropped_since = now
+            self._dropped += 1
+            self._dropped_end = end
+            return
+        self._summarise(force=True)
+        self._tokens -= 1
+        self._emit(text, end, "info")
+
+    def _summarise(self, force=False):
+        if not self._dropped or not force and self.clock() - self._dropped_since < 1.0:
+            return
+        n, self._dropped = self._dropped, 0
+        self._emit(f"… {n} stderr line{'s' if n != 1 else ''} not shown, see stderr.log", self._dropped_end, "warning")
+
+    def _emit(self, text, end, level):
+        _, line = self.emitter._line("log", {"level": level, "message": text, "stream": "stderr", "stderr_offset": end})
+        self.emitter._write(line)
+
+
+def _next_break(data, i):
+    """Index of the next \\n or \\r in ``data`` from ``i``, or -1."""
+    n, r = data.find(b"\n", i), data.find(b"\r", i)
+    if n < 0:
+        return r
+    if r < 0:
+        return n
+    return min(n, r)
