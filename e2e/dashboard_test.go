@@ -200,6 +200,45 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 	assertTornDown(t, s, id)
 
+	// A job that completed: its page shows where the weights are and the final metrics.
+	const doneID = "e2e-dashboard-done"
+	small := servicetest.WritePairs(t, 40)
+	if code := s.Request("POST", "/api/v1/training/start", startBody(doneID, model, small, 40,
+		map[string]any{"epochs": 1, "max_seq_len": 64, "batch_size": 4}), nil); code != 202 {
+		t.Fatalf("start: %d", code)
+	}
+	done := s.WaitFor(doneID, 4*time.Minute, "completed", func(j servicetest.Job) bool {
+		return j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled"
+	})
+	if done.Status != "completed" {
+		t.Fatalf("%s ended %s: %+v", doneID, done.Status, done.Error)
+	}
+	var weights, metrics string
+	run("a completed job's page",
+		chromedp.Navigate(base+"/jobs/"+doneID),
+		chromedp.WaitVisible(`#job-status .status-completed`),
+		chromedp.WaitVisible("#metrics", chromedp.ByID),
+		chromedp.Text("#weights", &weights, chromedp.ByID),
+		chromedp.Text("#metrics", &metrics, chromedp.ByID))
+	if !strings.Contains(weights, done.WeightsURI) || !strings.Contains(metrics, "eval loss") {
+		t.Fatalf("weights %q (want %q), metrics:\n%s", weights, done.WeightsURI, metrics)
+	}
+	if n := points(); n < 1 {
+		t.Errorf("the completed job's curve has %d train points", n)
+	}
+	// Pulumi's own output is folded for people, and there when asked for.
+	var folded, unfolded string
+	run("the log, with and without Pulumi's output",
+		chromedp.Text("#log", &folded, chromedp.ByID),
+		chromedp.Click("#show-pulumi", chromedp.ByID),
+		chromedp.Text("#log", &unfolded, chromedp.ByID))
+	if !strings.Contains(folded, "lines of Pulumi output") || strings.Contains(folded, "pulumi stack rm") ||
+		!strings.Contains(unfolded, "pulumi stack rm") {
+		t.Errorf("folded log:\n%s\nunfolded log:\n%s", folded, unfolded)
+	}
+	keepScreenshot("dashboard-completed.png")
+	assertTornDown(t, s, doneID)
+
 	run("sign out", chromedp.Click("#signout", chromedp.ByID), chromedp.WaitVisible("#token", chromedp.ByID),
 		chromedp.ActionFunc(func(ctx context.Context) (err error) {
 			cookies, err = network.GetCookies().Do(ctx)

@@ -44,7 +44,9 @@ export function LossChart({ curves, version }) {
       axes: [{ label: "step" }, { label: "loss" }],
       series: [
         { label: "step" },
-        { label: "train loss", stroke: "#2563eb", width: 2, spanGaps: true, points: { show: false } },
+        // Points show by themselves while the curve is sparse enough (a short run logs few
+        // steps), and hide once it is dense.
+        { label: "train loss", stroke: "#2563eb", width: 2, spanGaps: true },
         { label: "eval loss", stroke: "#dc2626", width: 2, spanGaps: true, points: { show: true, size: 6 } },
       ],
     };

@@ -241,20 +241,84 @@ function useLog(id) {
   return { curves, version, tail: tail.current.slice(-LOG_TAIL) };
 }
 
+// LogTail shows the end of the job's log. Pulumi's own output (the stack's resources, its
+// advice to operators) is folded into one line per run of it unless asked for, as the CLI's
+// follow view does; the log keeps all of it.
 function LogTail({ lines }) {
   const box = useRef(null);
+  const [pulumi, setPulumi] = useState(false);
   useEffect(() => {
     const el = box.current;
     if (el) el.scrollTop = el.scrollHeight;
-  }, [lines.length]);
+  }, [lines.length, pulumi]);
+  const shown = [];
+  for (const l of lines) {
+    const prev = shown[shown.length - 1];
+    if (!pulumi && l.stream === "pulumi") {
+      if (prev?.folded) prev.folded += 1;
+      else shown.push({ ...l, folded: 1 });
+      continue;
+    }
+    shown.push(l);
+  }
   return (
-    <pre id="log" ref={box}>
-      {lines.map((l) => (
-        <div key={l.seq} class={`log-${l.stream}`}>
-          <span class="t">{new Date(l.time).toLocaleTimeString()}</span> <span class="s">{l.stream}</span> {logText(l)}
-        </div>
-      ))}
-    </pre>
+    <>
+      <label class="toggle"><input id="show-pulumi" type="checkbox" checked={pulumi}
+        onChange={(e) => setPulumi(e.currentTarget.checked)} /> Pulumi output</label>
+      <pre id="log" ref={box}>
+        {shown.map((l) => l.folded ? (
+          <div key={l.seq} class="log-pulumi">
+            <span class="t">{new Date(l.time).toLocaleTimeString()}</span> <span class="s">pulumi</span> ({l.folded} lines of Pulumi output)
+          </div>
+        ) : (
+          <div key={l.seq} class={`log-${l.stream}`}>
+            <span class="t">{new Date(l.time).toLocaleTimeString()}</span> <span class="s">{l.stream}</span> {logText(l)}
+          </div>
+        ))}
+      </pre>
+    </>
+  );
+}
+
+// Metrics lists the runtime's final metrics of a completed job (held-out loss before and
+// after, generation scores), numbers rounded.
+function Metrics({ metrics }) {
+  const rows = Object.entries(metrics ?? {}).filter(([, v]) => typeof v === "number" || typeof v === "string");
+  if (rows.length === 0) return null;
+  return (
+    <>
+      <h3>Metrics</h3>
+      <table id="metrics" class="compact">
+        <tbody>
+          {rows.map(([k, v]) => (
+            <tr key={k}><th>{k.replaceAll("_", " ")}</th><td class="num">{typeof v === "number" ? +v.toPrecision(5) : v}</td></tr>
+          ))}
+        </tbody>
+      </table>
+    </>
+  );
+}
+
+// Attempts lists the machines a job ran on when there was more than one (a preempted or
+// lost machine was replaced and training resumed from its checkpoint).
+function Attempts({ attempts }) {
+  if (!attempts || attempts.length < 2) return null;
+  return (
+    <>
+      <h3>Machines</h3>
+      <table id="attempts" class="compact">
+        <thead><tr><th>#</th><th>From step</th><th>To step</th><th>Ended</th><th class="num">Cost</th></tr></thead>
+        <tbody>
+          {attempts.map((a) => (
+            <tr key={a.number}>
+              <td>{a.number}</td><td>{a.resumed_from_step}</td><td>{a.step}</td>
+              <td>{a.reason ? `${a.reason}${a.message ? `: ${a.message}` : ""}` : "running"}</td>
+              <td class="num">{usd(a.cost_usd)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </>
   );
 }
 
@@ -299,6 +363,8 @@ function JobPage({ id, go, out }) {
             {job.weights_uri && <><dt>Weights</dt><dd id="weights"><code>{job.weights_uri}</code></dd></>}
           </dl>
           {job.error && <p class="error" id="job-error">{job.error.code}: {job.error.message}</p>}
+          <Metrics metrics={job.weights_manifest?.metrics} />
+          <Attempts attempts={job.attempts} />
           <h3>Phases</h3>
           <Timeline job={job} now={now} />
         </>
