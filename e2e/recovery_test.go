@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"io/fs"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -77,6 +79,9 @@ func TestRecoveryAfterLocalWorkerKilled(t *testing.T) {
 	s.WaitFor(id, 5*time.Minute, "a checkpoint copied off the worker", func(j servicetest.Job) bool {
 		return j.Status == "training" && strings.Contains(e.events(id), "checkpoint_copied")
 	})
+	if files := storedCheckpointFiles(s, id); len(files) == 0 {
+		t.Fatal("a checkpoint was copied off the worker, but the weights store holds none")
+	}
 	killed := killWorker(t, s)
 	if killed == 0 {
 		t.Fatal("no worker process found to kill")
@@ -84,6 +89,39 @@ func TestRecoveryAfterLocalWorkerKilled(t *testing.T) {
 	j := s.WaitFor(id, 8*time.Minute, "a terminal status", terminal)
 	assertResumed(t, j, e.events(id))
 	assertTornDown(t, s, id)
+	assertNoStoredCheckpoints(t, s, id)
+}
+
+// storedCheckpointFiles lists the files of a job's checkpoints in the weights store (the
+// service's file store).
+func storedCheckpointFiles(s *servicetest.Service, id string) []string {
+	dir := filepath.Join(s.Data, "weights", "ep-e2e", "v1", id, "checkpoint")
+	var files []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			files = append(files, strings.TrimPrefix(p, dir+"/"))
+		}
+		return nil
+	})
+	return files
+}
+
+// assertNoStoredCheckpoints checks that the checkpoints copied off a job's machines are gone
+// from the weights store once the job ended: superseded ones as newer ones were stored, the
+// last one when the job ended.
+func assertNoStoredCheckpoints(t *testing.T, s *servicetest.Service, id string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left := storedCheckpointFiles(s, id)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stored checkpoint files left after the job ended: %v", left)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // killWorker SIGKILLs every process of the service's local workers (workerProcesses, their

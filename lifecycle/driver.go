@@ -28,6 +28,10 @@ type Config struct {
 	Runtime fs.FS
 	// WeightsURL is the base URL of the weights store, used to build weights_uri.
 	WeightsURL string
+	// Weights removes objects from the weights store: the checkpoints copied off a machine
+	// once a newer one is stored, and the last one when the job ends (unless it is the
+	// checkpoint a stopped job keeps). Nil keeps every stored checkpoint.
+	Weights BlobRemover
 	// CallbackURL is the service's base URL as the machines reach it, for the internal
 	// completed endpoint; empty disables the callback.
 	CallbackURL string
@@ -313,8 +317,10 @@ func (d *Driver) launch(trainID string) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		// Last, after any teardown: a job that ended keeps no copy of its data.
+		// Last, after any teardown: a job that ended keeps no copy of its data, nor
+		// checkpoints no one will resume from.
 		defer d.removeDatasetIfEnded(trainID)
+		defer d.removeCheckpointIfEnded(trainID)
 		defer func() {
 			d.mu.Lock()
 			delete(d.running, trainID)

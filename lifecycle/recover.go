@@ -208,13 +208,20 @@ func (d *Driver) pullCheckpoint(ctx context.Context, j *job.Job, m job.Machine, 
 	if err != nil || c == nil || c == cur.Internal.LastCheckpoint {
 		return err
 	}
+	var superseded *job.StoredCheckpoint
 	if _, err := d.update(ctx, j.TrainID, func(j *job.Job) error {
+		superseded = nil
 		if old := j.Internal.LastCheckpoint; old == nil || old.Step <= c.Step {
+			superseded = old
 			j.Internal.LastCheckpoint = c
 		}
 		return nil
 	}); err != nil {
 		return err
+	}
+	// Only the newest stored checkpoint is ever resumed from: the one it replaces goes.
+	if superseded != nil && superseded.Prefix != c.Prefix {
+		d.removeCheckpoint(ctx, j.TrainID, superseded)
 	}
 	d.event(ctx, j.TrainID, "checkpoint_copied", job.StatusTraining,
 		fmt.Sprintf("checkpoint %s (step %d): %d files copied off the machine and verified", c.Name, c.Step, len(c.Files)),

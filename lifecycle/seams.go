@@ -104,3 +104,9 @@ type Session interface {
 type HubChecker interface {
 	Check(ctx context.Context, id string) error
 }
+
+// BlobRemover deletes one object of the weights store by key (*blob.Bucket is one). An
+// object that is not there is not an error the Driver reports.
+type BlobRemover interface {
+	Delete(ctx context.Context, key string) error
+}

@@ -349,6 +349,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MaxConcurrent:      cfg.MaxConcurrent,
 		Runtime:            runtime,
 		WeightsURL:         weights.BaseURI,
+		Weights:            weights.Bucket,
 		CallbackURL:        cfg.PublicURL,
 		Python:             map[string]string{"local": cfg.LocalPython},
 		MachineLease:       lease,
