@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 
 	"gocloud.dev/gcerrors"
 
@@ -33,24 +32,17 @@ func (d *Driver) removeCheckpoint(ctx context.Context, trainID string, c *job.St
 	d.log.Info("removed a stored checkpoint", "train_id", trainID, "checkpoint", c.Name, "files", len(c.Files))
 }
 
-// removeCheckpointIfEnded deletes, once the job is terminal, the checkpoint copied off its
-// machine for a replacement to resume from: no one will. The checkpoint a stopped job was
-// asked to keep (keep_checkpoint, its checkpoint_uri) stays.
-func (d *Driver) removeCheckpointIfEnded(trainID string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(d.baseCtx), 2*time.Minute)
-	defer cancel()
+// removeUnkeptCheckpoint deletes, as the job ends, the checkpoint copied off its machine for
+// a replacement to resume from: no one will. The checkpoint a stopped job was asked to keep
+// (keep_checkpoint, its checkpoint_uri) stays. The job's final write forgets it, so that the
+// job does not change after the status its webhook reported.
+func (d *Driver) removeUnkeptCheckpoint(ctx context.Context, trainID string) {
 	j, err := d.store.JobGet(ctx, trainID)
-	if err != nil || !j.Status.Terminal() || j.Internal.LastCheckpoint == nil {
+	if err != nil || j.Internal.LastCheckpoint == nil {
 		return
 	}
 	c := j.Internal.LastCheckpoint
-	if j.CheckpointURI == "" || j.CheckpointURI != strings.TrimRight(d.cfg.WeightsURL, "/")+"/"+c.Prefix+"/" {
+	if j.CheckpointURI != strings.TrimRight(d.cfg.WeightsURL, "/")+"/"+c.Prefix+"/" {
 		d.removeCheckpoint(ctx, trainID, c)
-	}
-	if _, err := d.update(ctx, trainID, func(j *job.Job) error {
-		j.Internal.LastCheckpoint = nil
-		return nil
-	}); err != nil {
-		d.log.Warn("forget the stored checkpoint", "train_id", trainID, "err", err)
 	}
 }

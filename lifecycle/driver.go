@@ -317,10 +317,8 @@ func (d *Driver) launch(trainID string) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		// Last, after any teardown: a job that ended keeps no copy of its data, nor
-		// checkpoints no one will resume from.
+		// Last, after any teardown: a job that ended keeps no copy of its data.
 		defer d.removeDatasetIfEnded(trainID)
-		defer d.removeCheckpointIfEnded(trainID)
 		defer func() {
 			d.mu.Lock()
 			delete(d.running, trainID)

@@ -195,6 +195,7 @@ func (d *Driver) teardown(ctx context.Context, trainID string, outcome *job.Outc
 	if lastErr != nil {
 		msg = "stack NOT destroyed"
 	}
+	d.removeUnkeptCheckpoint(ctx, trainID)
 	now := time.Now().UTC()
 	if _, err := d.transition(ctx, trainID, outcome.Status, msg, func(j *job.Job) {
 		j.Error = outcome.Failure
@@ -205,6 +206,8 @@ func (d *Driver) teardown(ctx context.Context, trainID string, outcome *job.Outc
 		j.EndAttempt(now, reason, msg)
 		j.ReleaseMachine(now)
 		j.Internal.Outcome = nil
+		// No machine will resume from it (removeUnkeptCheckpoint); read by EndAttempt first.
+		j.Internal.LastCheckpoint = nil
 	}); err != nil {
 		log.Error("finish job", "err", err)
 	}
