@@ -114,17 +114,7 @@ func TestSupersededCheckpointIsRemoved(t *testing.T) {
 // from: it is deleted, and forgotten.
 func TestEndedJobsCheckpointIsRemoved(t *testing.T) {
 	w := &fakeWeights{}
-	h := newHarness(t, Config{ReconnectTimeout: time.Hour, InspectAfter: 10 * time.Millisecond, Weights: w})
-	h.prov.preemptFirst = true
-	h.conn.lines, h.conn.secondLines = firstMachineLines, resumedLines
-	h.conn.dropOnce, h.conn.dropAt, h.conn.dropAfterDownload = true, 2, true
-	h.conn.runOutput = func(cmd string) []byte {
-		if strings.Contains(cmd, "trainer_state.json") {
-			return []byte(ckptListing)
-		}
-		return nil
-	}
-	h.drv.Start(context.Background())
+	h := newPreemptedHarness(t, Config{Weights: w})
 	h.submit("ended")
 	h.waitFor("ended", job.StatusCompleted)
 	h.waitForgotten("ended")

@@ -44,10 +44,12 @@ func hasEvent(t *testing.T, h *harness, id, typ string) bool {
 	return false
 }
 
-// A spot machine preempted mid-training is replaced; the new one gets the checkpoint copied
-// off the old one and training continues from its step.
-func TestPreemptedMachineIsReplacedAndResumesFromTheCheckpoint(t *testing.T) {
-	h := newHarness(t, Config{ReconnectTimeout: time.Hour, InspectAfter: 10 * time.Millisecond})
+// newPreemptedHarness is a harness, started, whose first machine writes a checkpoint at
+// step 1 and is preempted after step 2; the replacement resumes and completes.
+func newPreemptedHarness(t *testing.T, cfg Config) *harness {
+	t.Helper()
+	cfg.ReconnectTimeout, cfg.InspectAfter = time.Hour, 10*time.Millisecond
+	h := newHarness(t, cfg)
 	h.prov.preemptFirst = true
 	h.conn.lines, h.conn.secondLines = firstMachineLines, resumedLines
 	h.conn.dropOnce, h.conn.dropAt, h.conn.dropAfterDownload = true, 2, true
@@ -58,6 +60,13 @@ func TestPreemptedMachineIsReplacedAndResumesFromTheCheckpoint(t *testing.T) {
 		return nil
 	}
 	h.drv.Start(context.Background())
+	return h
+}
+
+// A spot machine preempted mid-training is replaced; the new one gets the checkpoint copied
+// off the old one and training continues from its step.
+func TestPreemptedMachineIsReplacedAndResumesFromTheCheckpoint(t *testing.T) {
+	h := newPreemptedHarness(t, Config{})
 	h.submit("recover")
 	j := h.waitFor("recover", job.StatusCompleted)
 	if j.Progress.Step != 4 || j.Progress.TotalSteps != 4 {
