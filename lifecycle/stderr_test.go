@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/understudy-ai/training-service/internal/testenv"
 	"github.com/understudy-ai/training-service/job"
 )
 
@@ -66,7 +67,7 @@ func TestStderrLinesAreLoggedInOrderAndNotRepeated(t *testing.T) {
 // after a failure.
 func TestStderrTailTakesWhatTheStreamMissed(t *testing.T) {
 	if _, err := exec.LookPath("sh"); err != nil {
-		t.Skip("no sh")
+		testenv.Missing(t, "no POSIX sh to run the tail command in")
 	}
 	t.Parallel()
 	streamed := "UserWarning: no attention mask\nTraceback (most recent call last):\n"
