@@ -233,11 +233,16 @@ func bearer(r *http.Request) (string, bool) {
 	return strings.TrimSpace(tok), true
 }
 
+// validToken says, in constant time, whether tok is the API token.
+func (s *Server) validToken(tok string) bool {
+	sum := sha256.Sum256([]byte(tok))
+	return subtle.ConstantTimeCompare(sum[:], s.tokenHash[:]) == 1
+}
+
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if tok, ok := bearer(r); ok {
-			sum := sha256.Sum256([]byte(tok))
-			if subtle.ConstantTimeCompare(sum[:], s.tokenHash[:]) == 1 {
+			if s.validToken(tok) {
 				next.ServeHTTP(w, r)
 				return
 			}

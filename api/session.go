@@ -3,7 +3,6 @@ package api
 import (
 	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -99,8 +98,7 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, malformed("invalid_json", `the body must be a JSON object like {"token": "..."}`))
 		return
 	}
-	sum := sha256.Sum256([]byte(body.Token))
-	if body.Token == "" || subtle.ConstantTimeCompare(sum[:], s.tokenHash[:]) != 1 {
+	if body.Token == "" || !s.validToken(body.Token) {
 		s.log.Warn("dashboard sign-in refused", "remote", r.RemoteAddr)
 		s.writeError(w, r, fail(job.CodeUnauthenticated, "invalid_token", "that is not this service's API token"))
 		return

@@ -207,9 +207,7 @@ func TestDashboardInChromium(t *testing.T) {
 		map[string]any{"epochs": 1, "max_seq_len": 64, "batch_size": 4}), nil); code != 202 {
 		t.Fatalf("start: %d", code)
 	}
-	done := s.WaitFor(doneID, 4*time.Minute, "completed", func(j servicetest.Job) bool {
-		return j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled"
-	})
+	done := s.WaitFor(doneID, 4*time.Minute, "completed", terminal)
 	if done.Status != "completed" {
 		t.Fatalf("%s ended %s: %+v", doneID, done.Status, done.Error)
 	}

@@ -86,9 +86,7 @@ func TestTrainEndToEnd(t *testing.T) {
 	if code != 202 {
 		t.Fatalf("start: %d %+v", code, j)
 	}
-	j = s.WaitFor("e2e-ok", 5*time.Minute, "a terminal status", func(j servicetest.Job) bool {
-		return j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled"
-	})
+	j = s.WaitFor("e2e-ok", 5*time.Minute, "a terminal status", terminal)
 	if j.Status != "completed" {
 		t.Fatalf("job ended %s: %+v", j.Status, j.Error)
 	}
@@ -170,9 +168,7 @@ func TestServiceKilledMidTrainingResumes(t *testing.T) {
 		t.Fatal("the job's machine died with the service")
 	}
 	s.Start()
-	j := s.WaitFor("e2e-restart", 5*time.Minute, "a terminal status", func(j servicetest.Job) bool {
-		return j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled"
-	})
+	j := s.WaitFor("e2e-restart", 5*time.Minute, "a terminal status", terminal)
 	if j.Status != "completed" || j.Progress.Step < before.Progress.Step {
 		t.Fatalf("after restart: %s %+v (progress %+v)", j.Status, j.Error, j.Progress)
 	}

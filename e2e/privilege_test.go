@@ -139,9 +139,7 @@ func TestServiceRunsAsAnUnprivilegedUser(t *testing.T) {
 	if code := s.Request("POST", "/api/v1/training/start", body, nil); code != 202 {
 		t.Fatalf("start: %d", code)
 	}
-	j := s.WaitFor(id, 5*time.Minute, "a terminal status", func(j servicetest.Job) bool {
-		return j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled"
-	})
+	j := s.WaitFor(id, 5*time.Minute, "a terminal status", terminal)
 	if j.Status != "completed" {
 		t.Fatalf("job ended %s: %+v", j.Status, j.Error)
 	}

@@ -67,9 +67,7 @@ func TestWebhookEveryStatusChange(t *testing.T) {
 		map[string]any{"epochs": 1, "max_seq_len": 64, "batch_size": 8}), nil); code != 202 {
 		t.Fatalf("start: %d", code)
 	}
-	j := s.WaitFor(id, 5*time.Minute, "a terminal status", func(j servicetest.Job) bool {
-		return j.Status == "completed" || j.Status == "failed" || j.Status == "cancelled"
-	})
+	j := s.WaitFor(id, 5*time.Minute, "a terminal status", terminal)
 	if j.Status != "completed" {
 		t.Fatalf("job ended %s: %+v", j.Status, j.Error)
 	}
