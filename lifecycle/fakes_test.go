@@ -34,8 +34,10 @@ type fakeProvisioner struct {
 	teardowns     int
 	// provisionPanics makes Provision panic after creating the stack, as a bug would.
 	provisionPanics bool
-	// teardownHold blocks Teardown until closed or ctx ends.
-	teardownHold chan struct{}
+	// teardownHold blocks Teardown until closed or ctx ends; teardownsHeld counts the
+	// Teardown calls that reached it.
+	teardownHold  chan struct{}
+	teardownsHeld int
 	// health is what Inspect reports; nil means a running machine.
 	health   *MachineHealth
 	inspects int
@@ -129,6 +131,9 @@ func (p *fakeProvisioner) Machine(ctx context.Context, trainID string) (job.Mach
 func (p *fakeProvisioner) Teardown(ctx context.Context, trainID string, log func(string)) error {
 	p.mu.Lock()
 	hold := p.teardownHold
+	if hold != nil {
+		p.teardownsHeld++
+	}
 	p.mu.Unlock()
 	if hold != nil {
 		select {

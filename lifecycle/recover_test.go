@@ -173,18 +173,23 @@ func TestRestartWhileReplacingAMachine(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if j.Internal.Replacing {
+		// The job is marked replacing before its old machine's destroy starts: wait for
+		// both, or the destroy could miss the hold and finish before the restart.
+		h.prov.mu.Lock()
+		held := h.prov.teardownsHeld
+		if j.Internal.Replacing && held > 0 {
+			// The destroy under way is held; the next one is not.
+			h.prov.teardownHold = nil
+		}
+		h.prov.mu.Unlock()
+		if j.Internal.Replacing && held > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("job never started replacing its machine: %s %+v", j.Status, j.Error)
+			t.Fatalf("job never started destroying the machine it replaces: %s %+v, %d destroys held", j.Status, j.Error, held)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	// The destroy under way is held; the next one is not.
-	h.prov.mu.Lock()
-	h.prov.teardownHold = nil
-	h.prov.mu.Unlock()
 	h.restart(cfg)
 	close(hold)
 	j := h.waitFor("mid", job.StatusCompleted)
@@ -198,6 +203,6 @@ func TestRestartWhileReplacingAMachine(t *testing.T) {
 	n := h.prov.teardowns
 	h.prov.mu.Unlock()
 	if n != 2 {
-		t.Errorf("%d destroys done, want 2: the replacement's, run again after the restart, and the final one", n)
+		t.Errorf("%d destroys done, want 2: the held one, cut short by the stop, runs again after the restart; then the final one", n)
 	}
 }
