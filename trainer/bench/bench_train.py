@@ -408,6 +408,12 @@ def check_packed_vs_alone(model_dir, examples, eos, max_len, device):
 
     config = modeling.load_config(model_dir)
     model = modeling.load_model(model_dir, config, torch.float32).to(device).eval()
+    # The attention path the runtime takes on this device (train.Trainer._choose_attention).
+    kernel = modeling.varlen_kernel(device, torch.bfloat16, modeling.head_dim(config))
+    varlen = kernel is not None and modeling.enable_varlen(model)
+
+    def layout(exs):
+        return data.flatten(exs) if varlen else data.collate(exs, max_len, eos, True)
     # Several short examples with enough targets to give a stable mean, filling one row.
     chosen, total = [], 0
     for ex in sorted(examples, key=len):
@@ -429,20 +435,22 @@ def check_packed_vs_alone(model_dir, examples, eos, max_len, device):
 
     rows = []
     for k, ex in enumerate(chosen):
-        packed = data.collate(only(k), max_len, eos, True)
-        alone = data.collate([ex], max_len, eos, True)
+        packed = layout(only(k))
+        alone = layout([ex])
+        # Plain causal attention over the same row(s): examples see each other.
         leaky = {"input_ids": packed["input_ids"], "labels": packed["labels"],
                  "attention_mask": torch.ones_like(packed["input_ids"])}
         a = mean_loss(alone)
         rows.append({"tokens": len(ex), "alone": a, "packed": mean_loss(packed), "leaky": mean_loss(leaky)})
-    packed_rows = int(data.collate(chosen, max_len, eos, True)["input_ids"].shape[0])
-    kernel = _attention_ops(lambda: mean_loss(data.collate(chosen, max_len, eos, True)), device)
+    packed_rows = int(layout(chosen)["input_ids"].shape[0])
+    ops = _attention_ops(lambda: mean_loss(layout(chosen)), device)
     diff = max(abs(r["packed"] - r["alone"]) for r in rows)
     leak = max(abs(r["leaky"] - r["alone"]) for r in rows)
     ok = diff <= PACKED_TOLERANCE and leak > 2 * PACKED_TOLERANCE and packed_rows == 1
     return {"passed": ok, "examples": len(rows), "rows": packed_rows, "max_abs_diff": diff,
             "tolerance": PACKED_TOLERANCE, "leaky_max_abs_diff": leak, "attention_impl": modeling.attn_impl(model),
-            "attention_ops": kernel, "per_example": rows}
+            "attention": f"varlen ({kernel})" if varlen else "block-causal mask", "attention_ops": ops,
+            "per_example": rows}
 
 
 def check_recompiles(watches):
@@ -560,7 +568,8 @@ def main(argv=None):
                 torch.cuda.empty_cache()
             c = checks["packed_vs_alone"]
             log(f"packed-vs-alone: {'pass' if c['passed'] else 'FAIL'} "
-                f"(max diff {c['max_abs_diff']:.2e}, leaky {c['leaky_max_abs_diff']:.2e}, {c['attention_ops']})")
+                f"(max diff {c['max_abs_diff']:.2e}, leaky {c['leaky_max_abs_diff']:.2e}, {c['attention']}: "
+                f"{c['attention_ops']})")
         watches = []
         if not args.no_checks and cfg.recompile_steps:
             # A CPU has no time for inductor's C++ builds: same dynamo guards, "eager" backend.

@@ -68,6 +68,9 @@ def _parser():
     t.add_argument("--no-packing", action="store_true", help="one example per row, padded")
     t.add_argument("--eval-generations", type=int, help="held-out prompts to generate for (default 32 on CPU, 256 on GPU)")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    t.add_argument("--attention", choices=("auto", "varlen", "dense"), default="auto",
+                   help="packed examples: variable-length attention (auto: where the GPU has a kernel for it) "
+                        "or SDPA with a block-causal mask")
     return p
 
 
@@ -90,6 +93,7 @@ def options_from_args(args):
         checkpoint_every_seconds=args.checkpoint_every_seconds, max_steps=args.max_steps,
         log_every_steps=args.log_every_steps, log_every_seconds=args.log_every_seconds, lora=args.lora,
         compile=args.compile, pack=not args.no_packing, eval_generations=args.eval_generations, device=args.device,
+        attention=args.attention,
     )
 
 

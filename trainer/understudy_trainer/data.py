@@ -366,6 +366,9 @@ def collate(examples, max_len, pad_id, pack=True):
             n = len(ex)
             input_ids[r, pos:pos + n] = torch.tensor(ex.input_ids)
             labels[r, pos:pos + n] = torch.tensor(ex.labels)
+            # An example's first label is never a target (Example.n_targets): in a packed row
+            # it would be the target of the previous example's last position.
+            labels[r, pos] = IGNORE
             position_ids[r, pos:pos + n] = torch.arange(n)
             segments[r, pos:pos + n] = s
             pos += n
@@ -380,3 +383,26 @@ def collate(examples, max_len, pad_id, pack=True):
     batch["n_tokens"] = int(sum(len(e) for e in examples))
     batch["n_targets"] = int(sum(e.n_targets for e in examples))
     return batch
+
+
+def flatten(examples):
+    """Builds one micro-batch for variable-length attention: every example back to back in a
+    single row with no padding, ``position_ids`` restarting at 0 for each, and the examples'
+    boundaries as ``cu_seqlens`` (int32 offsets, the first 0 and the last the row's length) and
+    ``max_seqlen``. No mask is built: the attention kernel keeps each example to itself."""
+    lengths = [len(e) for e in examples]
+    T = sum(lengths)
+    input_ids = torch.empty((1, T), dtype=torch.long)
+    labels = torch.empty((1, T), dtype=torch.long)
+    position_ids = torch.empty((1, T), dtype=torch.long)
+    pos = 0
+    for ex, n in zip(examples, lengths):
+        input_ids[0, pos:pos + n] = torch.tensor(ex.input_ids)
+        labels[0, pos:pos + n] = torch.tensor(ex.labels)
+        labels[0, pos] = IGNORE  # never a target; it would be the previous example's (collate)
+        position_ids[0, pos:pos + n] = torch.arange(n)
+        pos += n
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), 0)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "cu_seqlens": cu,
+            "max_seqlen": max(lengths), "n_tokens": T, "n_targets": int(sum(e.n_targets for e in examples))}

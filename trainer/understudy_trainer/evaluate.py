@@ -37,7 +37,10 @@ def eval_loss(model, examples, max_len, pad_id, device, amp_dtype, batch_size, s
         for i in range(0, len(examples), batch_size):
             if stop is not None:
                 stop.check()
-            batch = data.collate(examples[i:i + batch_size], max_len, pad_id, True)
+            chunk = examples[i:i + batch_size]
+            # The layout training used: flattened for a model on variable-length attention.
+            batch = data.flatten(chunk) if modeling.attn_impl(model) == modeling.VARLEN else \
+                data.collate(chunk, max_len, pad_id, True)
             with modeling.autocast(device, amp_dtype):
                 loss, n = modeling.loss_sum(model, batch, device)
             total += float(loss)

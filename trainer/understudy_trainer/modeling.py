@@ -146,6 +146,96 @@ def attn_impl(model):
     return getattr(model.config, "_attn_implementation", None) or "eager"
 
 
+# Variable-length attention for flattened micro-batches (data.flatten): the examples sit back
+# to back in one row and the kernel attends within each, causally, from their boundaries. It
+# skips every masked block and builds no [L, L] mask. A model switched to it runs any other
+# batch (padded, dense-masked; evaluation, generation) through SDPA as before.
+#
+# transformers hands the attention function the model's attention_mask but not the extra
+# arguments of a model call (GPT-2's LM head model drops them), so the boundaries travel as the
+# mask: an int32 tensor [1, 1, max_seqlen, n + 1], the offsets expanded (no copy) along a dim
+# whose size is the longest example. A 4-D mask reaches attention untouched, no real mask is
+# ever int32, and under torch.compile the longest length is a shape, not a constant.
+VARLEN = "understudy_varlen"
+
+
+def varlen_bounds(cu_seqlens, max_seqlen):
+    """The attention mask that carries flattened examples' boundaries to _varlen_attention."""
+    return cu_seqlens.view(1, 1, 1, -1).expand(1, 1, max_seqlen, cu_seqlens.numel())
+
+
+def varlen_kernel(device, dtype, head_dim):
+    """The variable-length kernel this device runs, or None: FlashAttention 2 as built into
+    PyTorch (CUDA, compute capability 8.0 or newer, bf16/fp16, head size a multiple of 8 up
+    to 256)."""
+    if device != "cuda" or not torch.cuda.is_available() or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if torch.cuda.get_device_capability() < (8, 0) or not torch.backends.cuda.flash_sdp_enabled():
+        return None
+    if head_dim % 8 or head_dim > 256:
+        return None
+    return "flash"
+
+
+def head_dim(config):
+    d = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    return getattr(config, "head_dim", None) or d // max(heads, 1)
+
+
+def _segment_attention(q, k, v, cu, dropout, scale):
+    """The reference path, for devices without a variable-length kernel: causal SDPA over
+    each example in turn. ``q``, ``k``, ``v``: [tokens, heads, head_dim]."""
+    bounds = cu.tolist()
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
+                                           dropout_p=dropout, is_causal=True, scale=scale)
+        out.append(o.transpose(0, 1))
+    return torch.cat(out, 0)
+
+
+def _varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention interface: [batch, heads, seq, head_dim] in, [batch, seq, heads,
+    head_dim] out. A boundaries mask (varlen_bounds) means one row of flattened examples;
+    any other mask, or none, is plain SDPA."""
+    if attention_mask is None or attention_mask.dtype != torch.int32:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    if query.shape[0] != 1:
+        raise ValueError("variable-length attention takes one row of flattened examples")
+    cu, max_seqlen = attention_mask[0, 0, 0], attention_mask.shape[2]
+    if query.shape[1] != key.shape[1]:  # grouped-query attention: one key/value head per group
+        rep = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+    q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # [tokens, heads, head_dim]
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        out = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_seqlen, max_seqlen, dropout, True, False,
+                                                      scale=scaling)[0]
+    else:
+        out = _segment_attention(q, k, v, cu, dropout, scaling)
+    return out.unsqueeze(0), None
+
+
+def enable_varlen(model):
+    """Switches a model loaded with SDPA to VARLEN; returns whether it took. Models whose
+    attention does not go through transformers' interface keep theirs."""
+    if attn_impl(model) != "sdpa" or not getattr(model, "_supports_attention_backend", False):
+        return False
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN, _varlen_attention)
+    AttentionMaskInterface.register(VARLEN, sdpa_mask)  # the masks of every other batch
+    try:
+        model.set_attn_implementation(VARLEN)
+    except (ValueError, ImportError):
+        return False
+    return attn_impl(model) == VARLEN
+
+
 # Gradients are summed over the ranks in buckets of at most this many elements; a bucket
 # (fp32) is held twice while it is flattened and copied back.
 GRAD_BUCKET_ELEMENTS = 32 * 1024 * 1024
@@ -211,7 +301,15 @@ def loss_sum(model, batch, device, core=None):
     core = core if core is not None else model
     input_ids = batch["input_ids"].to(device, non_blocking=True)
     kwargs = {"input_ids": input_ids, "use_cache": False}
-    if "segments" in batch:
+    if "cu_seqlens" in batch:
+        # A flattened micro-batch (data.flatten) for a model switched to VARLEN: position ids
+        # and the examples' boundaries (varlen_bounds), no [L, L] mask.
+        if attn_impl(core) != VARLEN:
+            raise ValueError("a flattened micro-batch needs a model switched to variable-length attention")
+        cu = batch["cu_seqlens"].to(device, non_blocking=True)
+        kwargs["attention_mask"] = varlen_bounds(cu, batch["max_seqlen"])
+        kwargs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
+    elif "segments" in batch:
         kwargs["attention_mask"] = block_causal_mask(batch["segments"].to(device, non_blocking=True), attn_impl(core))
         kwargs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
     else:

@@ -50,6 +50,10 @@ class Options:
     pack: bool = True
     eval_generations: int = None
     device: str = "auto"  # auto | cpu | cuda
+    # auto: packed examples go through variable-length attention where the GPU has a kernel
+    # for it (modeling.varlen_kernel), through SDPA with a block-causal mask elsewhere;
+    # varlen: always (CPU: the per-example reference path); dense: never.
+    attention: str = "auto"
 
 
 class Stop:
@@ -298,6 +302,7 @@ class Run:
         base_dtype = self.amp if (self.lora and self.amp is torch.bfloat16) else torch.float32
         model = modeling.load_model(o.model, self.config, base_dtype,
                                     device=f"cuda:{self.dist.local_rank}" if self.device == "cuda" else None)
+        self.varlen, self.attention = self._choose_attention(model)
         if self.device == "cuda" and self.n_params >= 1e9:
             # Only big models trade compute for memory; a 124M model never needs it.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -308,7 +313,6 @@ class Run:
         model.to(self.device)
         model.train()
         self.model = model
-        self.attn = modeling.attn_impl(unwrap(model))
         if self.dist.world > 1:
             # Every rank starts from rank 0's weights, as DistributedDataParallel would.
             with torch.no_grad():
@@ -339,6 +343,22 @@ class Run:
             # Compilation costs tens of seconds up front: only worth it on long runs.
             self.train_model = torch.compile(self.model, dynamic=True)
             self.compiled = True
+
+    def _choose_attention(self, model):
+        """Switches ``model`` to variable-length attention when asked or, on auto, when the
+        device has a kernel for it. Returns (whether it did, the path's name for reports)."""
+        o = self.opts
+        kernel = modeling.varlen_kernel(self.device, self.amp, modeling.head_dim(self.config))
+        if o.attention == "dense" or not o.pack or (o.attention == "auto" and kernel is None):
+            if o.attention == "varlen":
+                raise BadInput(INVALID_HYPERPARAMETERS, "--attention varlen needs packing (drop --no-packing)")
+            return False, modeling.attn_impl(model) + (" (block-causal mask)" if o.pack else "")
+        if not modeling.enable_varlen(model):
+            if o.attention == "varlen":
+                raise BadInput(INVALID_HYPERPARAMETERS, f"--attention varlen: this model's attention "
+                                                        f"({modeling.attn_impl(model)}) cannot be switched")
+            return False, modeling.attn_impl(model) + " (block-causal mask)"
+        return True, f"varlen ({kernel or 'per-example reference'})"
 
     def seed_rank(self):
         """Seeds this rank's own random streams: ranks that share one stream drop out the
@@ -515,7 +535,8 @@ class Run:
         # Each rank's gradient is its share of the step's mean; the ranks' sum is the mean.
         scale = 1.0 / total_targets
         for mb in self._micro_batches(examples):
-            batch = data.collate(mb, self.hp["max_seq_len"], self.pad_id, self.opts.pack)
+            batch = data.flatten(mb) if self.varlen else data.collate(mb, self.hp["max_seq_len"], self.pad_id,
+                                                                          self.opts.pack)
             with modeling.autocast(self.device, self.amp):
                 loss, _ = modeling.loss_sum(self.train_model, batch, self.device, core=self.model)
             scaled = loss * scale
@@ -692,7 +713,8 @@ class Run:
                       "eval": len(self.eval_ex)},
             "hyperparameters": self.hp,
             "training": {"seed": o.seed, "eval_fraction": o.eval_fraction, "total_steps": self.total_steps,
-                         "lora": self.lora, "packing": o.pack, "device": self.device, "gpu": self.gpu,
+                         "lora": self.lora, "packing": o.pack, "attention": self.attention,
+                         "device": self.device, "gpu": self.gpu,
                          "world_size": self.dist.world, "trainable_parameters": self.trainable,
                          "parameters": self.n_params},
             "versions": library_versions(),
