@@ -131,3 +131,15 @@ def test_varlen_attention_does_not_change_training(tiny_model, tmp_path, monkeyp
 def test_varlen_attention_needs_packing(tiny_model, tmp_path):
     r = run_cli(train_args(tiny_model, SAMPLE, str(tmp_path), "--max-steps", "1", "--attention", "varlen", "--no-packing"))
     assert r.code == 2 and r.last["code"] == "invalid_hyperparameters" and "packing" in r.last["message"]
+
+
+def test_attention_it_cannot_reproduce_keeps_sdpa(tiny_model):
+    config = modeling.load_config(tiny_model)
+    assert modeling._plain_causal_attention(config)
+    for attr, value in (("sliding_window", 512), ("layer_types", ["full_attention", "sliding_attention"]),
+                        ("attn_logit_softcapping", 50.0), ("alibi", True)):
+        c = modeling.load_config(tiny_model)
+        setattr(c, attr, value)
+        assert not modeling._plain_causal_attention(c), attr
+        model = modeling.load_model(tiny_model, c, torch.float32)
+        assert not modeling.enable_varlen(model) and modeling.attn_impl(model) == "sdpa", attr

@@ -206,6 +206,9 @@ def _varlen_attention(module, query, key, value, attention_mask, scaling=None, d
                                       **kwargs)
     if query.shape[0] != 1:
         raise ValueError("variable-length attention takes one row of flattened examples")
+    for arg in ("sliding_window", "softcap", "s_aux"):
+        if kwargs.get(arg) is not None:  # enable_varlen refuses such models; never ignore one silently
+            raise ValueError(f"variable-length attention does not apply {arg}")
     cu, max_seqlen = attention_mask[0, 0, 0], attention_mask.shape[2]
     if query.shape[1] != key.shape[1]:  # grouped-query attention: one key/value head per group
         rep = query.shape[1] // key.shape[1]
@@ -219,10 +222,25 @@ def _varlen_attention(module, query, key, value, attention_mask, scaling=None, d
     return out.unsqueeze(0), None
 
 
+def _plain_causal_attention(config):
+    """Whether every layer attends causally over the whole sequence with a plain softmax:
+    no sliding window, logit soft-capping, attention sinks or ALiBi, which the variable-length
+    path does not apply."""
+    if getattr(config, "sliding_window", None) or "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return False
+    for attr in ("attn_logit_softcapping", "alibi", "use_alibi", "position_embedding_type"):
+        if getattr(config, attr, None) not in (None, False, "absolute", "rotary", "rope"):
+            return False
+    return True
+
+
 def enable_varlen(model):
     """Switches a model loaded with SDPA to VARLEN; returns whether it took. Models whose
-    attention does not go through transformers' interface keep theirs."""
+    attention does not go through transformers' interface, or is not plain causal
+    attention, keep theirs."""
     if attn_impl(model) != "sdpa" or not getattr(model, "_supports_attention_backend", False):
+        return False
+    if not _plain_causal_attention(model.config):
         return False
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
