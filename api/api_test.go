@@ -92,6 +92,8 @@ type env struct {
 	srv  *httptest.Server
 	data string
 	drv  *lifecycle.Driver
+	// store is the job store (SQLite) behind the driver and the API's sessions.
+	store *sqlite.Store
 	// datasets and models are the service's --dataset-root and --model-root.
 	datasets, models string
 }
@@ -110,7 +112,9 @@ func newEnv(t *testing.T, configure ...func(*lifecycle.Config, *api.Options)) *e
 	cfg := lifecycle.Config{DataDir: dir, Runtime: fstest.MapFS{}, WeightsURL: "file:///w",
 		DatasetRoots: []string{e.datasets}, ModelRoots: []string{e.models}}
 	opts := api.Options{Token: token, Providers: []string{"local", "lambda", "runpod"}, Logger: log, MaxBodyBytes: 1 << 20,
-		ProviderStatus: map[string]string{"local": "ready", "lambda": "ready", "runpod": "not configured: RUNPOD_API_KEY (or RUNPOD_API_KEY_FILE) is not set"}}
+		ProviderStatus: map[string]string{"local": "ready", "lambda": "ready", "runpod": "not configured: RUNPOD_API_KEY (or RUNPOD_API_KEY_FILE) is not set"},
+		Sessions:       st}
+	e.store = st
 	for _, c := range configure {
 		c(&cfg, &opts)
 	}

@@ -62,6 +62,9 @@ type Options struct {
 	// Metrics serves GET /metrics (Prometheus) behind the token; nil when the metrics are
 	// served on an address of their own (serve --metrics-listen), where /metrics says so.
 	Metrics http.Handler
+	// Sessions keeps the dashboard's signed-out sessions: the job store, which replicas
+	// share. Nil keeps them in this process's memory (a sign-out is forgotten on restart).
+	Sessions SessionStore
 }
 
 // Defaults of Options.
@@ -75,6 +78,7 @@ type Server struct {
 	svc            Service
 	tokenHash      [32]byte
 	sessionKey     []byte
+	sessions       SessionStore
 	dashboard      *dashboard.Handler
 	metrics        http.Handler
 	providers      map[string]bool
@@ -95,6 +99,7 @@ func New(svc Service, opts Options) *Server {
 		svc:            svc,
 		tokenHash:      sha256.Sum256([]byte(opts.Token)),
 		sessionKey:     sessionKey(opts.Token),
+		sessions:       opts.Sessions,
 		dashboard:      dashboard.New(),
 		metrics:        opts.Metrics,
 		providers:      map[string]bool{},
@@ -105,6 +110,9 @@ func New(svc Service, opts Options) *Server {
 		completedRead:  opts.CompletedReadTimeout,
 		poll:           opts.PollInterval,
 		log:            opts.Logger,
+	}
+	if s.sessions == nil {
+		s.sessions = &memorySessions{revoked: map[string]time.Time{}}
 	}
 	if s.providerStatus == nil {
 		s.providerStatus = map[string]string{} // /readyz shows an object, never null
@@ -246,7 +254,17 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 				next.ServeHTTP(w, r)
 				return
 			}
-		} else if c, err := r.Cookie(SessionCookie); err == nil && s.validSession(c.Value, time.Now()) {
+		} else if c, err := r.Cookie(SessionCookie); err == nil {
+			live, err := s.validSession(r.Context(), c.Value, time.Now())
+			if err != nil {
+				s.log.Error("look up dashboard session", "err", err)
+				s.writeError(w, r, fail(job.CodeUnavailable, "session_store_unavailable", "the dashboard session could not be checked: the job store does not answer"))
+				return
+			}
+			if !live {
+				s.unauthenticated(w, r)
+				return
+			}
 			// The dashboard's session. Only its own pages can add its header, so a page of
 			// another site that rides on the cookie cannot change anything.
 			if !safeMethod(r.Method) && !fromDashboard(r) {
@@ -257,9 +275,13 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		w.Header().Set("WWW-Authenticate", `Bearer realm="understudy"`)
-		s.writeError(w, r, fail(job.CodeUnauthenticated, "unauthenticated", "a valid bearer token is required (or the dashboard's session: sign in at /)"))
+		s.unauthenticated(w, r)
 	})
+}
+
+func (s *Server) unauthenticated(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="understudy"`)
+	s.writeError(w, r, fail(job.CodeUnauthenticated, "unauthenticated", "a valid bearer token is required (or the dashboard's session: sign in at /)"))
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {

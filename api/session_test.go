@@ -117,9 +117,51 @@ func TestDashboardSession(t *testing.T) {
 		t.Errorf("a session of the old token: %d", resp.StatusCode)
 	}
 
+	// Another sign-in is another session; signing one out leaves the other.
+	resp, _ = signIn(t, e, token, jsonType)
+	other := &http.Cookie{Name: c.Name, Value: sessionCookie(resp).Value}
+	if other.Value == session.Value {
+		t.Fatal("two sign-ins gave the same session")
+	}
 	resp, _ = request(t, e, "DELETE", "/api/v1/session", "", session, nil)
 	if out := sessionCookie(resp); resp.StatusCode != 204 || out == nil || out.MaxAge >= 0 || out.Value != "" {
 		t.Fatalf("sign out: %d %+v", resp.StatusCode, out)
+	}
+	// A copy of the signed-out cookie is refused, by this replica and by any other that
+	// shares the job store.
+	if resp, _ := request(t, e, "GET", "/api/v1/training", "", session, nil); resp.StatusCode != 401 {
+		t.Errorf("a copy of a signed-out cookie: %d", resp.StatusCode)
+	}
+	replica := newEnv(t, func(_ *lifecycle.Config, o *api.Options) { o.Sessions = e.store })
+	if resp, _ := request(t, replica, "GET", "/api/v1/training", "", session, nil); resp.StatusCode != 401 {
+		t.Errorf("a signed-out cookie on another replica: %d", resp.StatusCode)
+	}
+	if resp, raw := request(t, replica, "GET", "/api/v1/training", "", other, nil); resp.StatusCode != 200 {
+		t.Errorf("the other session on another replica: %d %s", resp.StatusCode, raw)
+	}
+	if resp, raw := request(t, e, "GET", "/api/v1/training", "", other, nil); resp.StatusCode != 200 {
+		t.Errorf("the other session after the first signed out: %d %s", resp.StatusCode, raw)
+	}
+	// Signing out without a session only clears the cookie.
+	if resp, _ := request(t, e, "DELETE", "/api/v1/session", "", nil, nil); resp.StatusCode != 204 {
+		t.Errorf("sign out without a session: %d", resp.StatusCode)
+	}
+}
+
+// A server given no session store keeps signed-out sessions in memory: a sign-out still
+// holds for this process.
+func TestSignOutWithoutAStore(t *testing.T) {
+	e := newEnv(t, func(_ *lifecycle.Config, o *api.Options) { o.Sessions = nil })
+	resp, _ := signIn(t, e, token, jsonType)
+	session := &http.Cookie{Name: api.SessionCookie, Value: sessionCookie(resp).Value}
+	if resp, _ := request(t, e, "GET", "/api/v1/training", "", session, nil); resp.StatusCode != 200 {
+		t.Fatalf("signed in: %d", resp.StatusCode)
+	}
+	if resp, _ := request(t, e, "DELETE", "/api/v1/session", "", session, nil); resp.StatusCode != 204 {
+		t.Fatalf("sign out: %d", resp.StatusCode)
+	}
+	if resp, _ := request(t, e, "GET", "/api/v1/training", "", session, nil); resp.StatusCode != 401 {
+		t.Fatalf("a copy of the signed-out cookie: %d", resp.StatusCode)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"image/png"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -237,6 +238,27 @@ func TestDashboardInChromium(t *testing.T) {
 	keepScreenshot("dashboard-completed.png")
 	assertTornDown(t, s, doneID)
 
+	// The jobs table pages through the API's cursor: a page of one shows the newest job,
+	// and "Older jobs" adds the next.
+	var shown, firstRow string
+	var rows int
+	run("the jobs table a page at a time",
+		chromedp.Navigate(base+"/?limit=1"),
+		chromedp.WaitVisible("#older-jobs", chromedp.ByID),
+		chromedp.Evaluate(`document.querySelectorAll("#jobs tbody tr").length`, &rows),
+		chromedp.AttributeValue(`#jobs tbody tr`, "data-train-id", &firstRow, nil))
+	if rows != 1 || firstRow != doneID {
+		t.Fatalf("a page of 1 shows %d rows, the first %q; want the newest job, %s", rows, firstRow, doneID)
+	}
+	run("older jobs",
+		chromedp.Click("#older-jobs", chromedp.ByID),
+		chromedp.WaitVisible(`#jobs tr[data-train-id="`+id+`"]`),
+		chromedp.Evaluate(`document.querySelectorAll("#jobs tbody tr").length`, &rows),
+		chromedp.Text("#jobs-shown", &shown, chromedp.ByID))
+	if rows != 2 || shown != "2 newest jobs" {
+		t.Fatalf("after older jobs: %d rows, %q", rows, shown)
+	}
+
 	run("sign out", chromedp.Click("#signout", chromedp.ByID), chromedp.WaitVisible("#token", chromedp.ByID),
 		chromedp.ActionFunc(func(ctx context.Context) (err error) {
 			cookies, err = network.GetCookies().Do(ctx)
@@ -246,5 +268,16 @@ func TestDashboardInChromium(t *testing.T) {
 		if c.Name == "understudy_session" {
 			t.Fatalf("the session cookie outlived sign-out: %+v", c)
 		}
+	}
+	// A copy of the signed-out cookie is refused: sign-out revoked the session.
+	req, _ := http.NewRequest("GET", base+"/api/v1/training", nil)
+	req.AddCookie(&http.Cookie{Name: session.Name, Value: session.Value})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a copy of the signed-out session cookie: %d, want 401", resp.StatusCode)
 	}
 }

@@ -31,6 +31,12 @@ type Store interface {
 	LogAppend(ctx context.Context, trainID string, lines []LogLine) (int64, error)
 	// LogList returns up to limit log lines with Seq > after, oldest first.
 	LogList(ctx context.Context, trainID string, after int64, limit int) ([]LogLine, error)
+	// SessionRevoke records that the dashboard session id was signed out. The record is
+	// kept until expires, when the session would have ended anyway, and may be forgotten
+	// after.
+	SessionRevoke(ctx context.Context, id string, expires time.Time) error
+	// SessionRevoked says whether the session id was signed out and has not expired.
+	SessionRevoked(ctx context.Context, id string) (bool, error)
 	// Close releases the store.
 	Close() error
 }

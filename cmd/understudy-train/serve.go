@@ -378,7 +378,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	apiOpts := api.Options{Token: token, Providers: programs.Names(), ProviderStatus: provs.status, Logger: log,
-		MaxPairs: cfg.Limits.MaxPairs, MaxStreams: cfg.Limits.MaxStreams, SpoolDir: drv.UploadDir()}
+		MaxPairs: cfg.Limits.MaxPairs, MaxStreams: cfg.Limits.MaxStreams, SpoolDir: drv.UploadDir(), Sessions: st}
 	var metricsSrv *http.Server
 	if cfg.MetricsListen == "" {
 		// On the API's listener the metrics need the API token, as every other read does.

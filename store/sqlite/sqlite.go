@@ -89,6 +89,36 @@ func (s *Store) migrate(ctx context.Context) error {
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 
+// SessionRevoke records the signed-out session and forgets those past their expiry.
+func (s *Store) SessionRevoke(ctx context.Context, id string, expires time.Time) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return job.Wrap(job.CodeUnavailable, err, "revoke session")
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM revoked_sessions WHERE expires_at <= ?`, time.Now().UnixNano()); err != nil {
+		return job.Wrap(job.CodeUnavailable, err, "revoke session")
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO revoked_sessions (id, expires_at) VALUES (?, ?)
+		ON CONFLICT (id) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)`, id, expires.UnixNano()); err != nil {
+		return job.Wrap(job.CodeUnavailable, err, "revoke session")
+	}
+	if err := tx.Commit(); err != nil {
+		return job.Wrap(job.CodeUnavailable, err, "revoke session")
+	}
+	return nil
+}
+
+func (s *Store) SessionRevoked(ctx context.Context, id string) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM revoked_sessions WHERE id = ? AND expires_at > ?`,
+		id, time.Now().UnixNano()).Scan(&n)
+	if err != nil {
+		return false, job.Wrap(job.CodeUnavailable, err, "look up session")
+	}
+	return n > 0, nil
+}
+
 func (s *Store) JobCreate(ctx context.Context, j *job.Job) error {
 	j.Revision = 1
 	data, err := json.Marshal(record(j))

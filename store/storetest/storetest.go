@@ -245,6 +245,37 @@ func Run(t *testing.T, open Opener) {
 			t.Fatalf("logs leak across jobs: %+v", got)
 		}
 	})
+
+	t.Run("RevokedSessions", func(t *testing.T) {
+		s := open(t)
+		now := time.Now()
+		if r, err := s.SessionRevoked(ctx, "a"); err != nil || r {
+			t.Fatalf("a session never signed out: %v, %v", r, err)
+		}
+		if err := s.SessionRevoke(ctx, "a", now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := s.SessionRevoked(ctx, "a"); err != nil || !r {
+			t.Fatalf("signed out: %v, %v", r, err)
+		}
+		if r, _ := s.SessionRevoked(ctx, "b"); r {
+			t.Fatal("another session counts as signed out")
+		}
+		// Signing out twice keeps the later expiry.
+		if err := s.SessionRevoke(ctx, "a", now.Add(-time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if r, _ := s.SessionRevoked(ctx, "a"); !r {
+			t.Fatal("a second sign-out with an earlier expiry undid the first")
+		}
+		// A session past its expiry is no longer reported (its cookie is refused anyway).
+		if err := s.SessionRevoke(ctx, "old", now.Add(-time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if r, _ := s.SessionRevoked(ctx, "old"); r {
+			t.Fatal("an expired session is still listed")
+		}
+	})
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -92,19 +92,39 @@ function Status({ status }) {
   return <span class={`status status-${status}`}>{status.replace("_", " ")}</span>;
 }
 
+// pageSize is the jobs table's page: the page URL's ?limit= (1 to 100), else 100.
+function pageSize() {
+  const n = Number(new URLSearchParams(location.search).get("limit"));
+  return Number.isInteger(n) && n >= 1 && n <= 100 ? n : 100;
+}
+
+// JobsPage lists the newest jobs a page at a time; "Older jobs" adds the next page (the
+// API's cursor), and every poll refreshes all the pages shown.
 function JobsPage({ go, out }) {
   const [jobs, setJobs] = useState(null);
+  const [pages, setPages] = useState(1);
+  const [older, setOlder] = useState(false);
   const [error, setError] = useState("");
+  const size = pageSize();
   const load = useCallback(async () => {
     try {
-      const r = await call("GET", "/api/v1/training?limit=100");
-      setJobs(r.jobs);
+      let all = [];
+      let cursor = "";
+      for (let n = 0; n < pages; n++) {
+        const q = cursor ? `&cursor=${encodeURIComponent(cursor)}` : "";
+        const r = await call("GET", `/api/v1/training?limit=${size}${q}`);
+        all = all.concat(r.jobs);
+        cursor = r.next_cursor || "";
+        if (!cursor) break;
+      }
+      setJobs(all);
+      setOlder(cursor !== "");
       setError("");
     } catch (err) {
       if (err instanceof Unauthenticated) throw err;
       setError(err.message);
     }
-  }, []);
+  }, [pages, size]);
   usePoll(load, 3000, true, out);
   const now = new Date();
   return (
@@ -133,6 +153,12 @@ function JobsPage({ go, out }) {
             ))}
           </tbody>
         </table>
+      )}
+      {jobs !== null && jobs.length > 0 && (
+        <p class="pager">
+          <span id="jobs-shown">{jobs.length} newest job{jobs.length === 1 ? "" : "s"}</span>
+          {older && <button id="older-jobs" onClick={() => setPages((p) => p + 1)}>Older jobs</button>}
+        </p>
       )}
     </main>
   );
