@@ -143,3 +143,27 @@ def test_attention_it_cannot_reproduce_keeps_sdpa(tiny_model):
         assert not modeling._plain_causal_attention(c), attr
         model = modeling.load_model(tiny_model, c, torch.float32)
         assert not modeling.enable_varlen(model) and modeling.attn_impl(model) == "sdpa", attr
+
+
+@pytest.mark.parametrize("kernel, agrees", [
+    ("faithful", True),     # what FlashAttention computes: causal within each example
+    ("leaky", False),       # causal over the whole row: examples see each other
+    ("broken", False),      # a build whose kernel raises
+])
+def test_the_kernel_is_checked_before_it_is_chosen(monkeypatch, kernel, agrees):
+    def faithful(q, k, v, cu, max_seqlen, dropout, scale):
+        return modeling._segment_attention(q, k, v, cu, dropout, scale)
+
+    def leaky(q, k, v, cu, max_seqlen, dropout, scale):
+        whole = torch.tensor([0, q.shape[0]], dtype=torch.int32)
+        return modeling._segment_attention(q, k, v, whole, dropout, scale)
+
+    def broken(*args):
+        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer")
+
+    monkeypatch.setattr(modeling, "_flash_forward", {"faithful": faithful, "leaky": leaky, "broken": broken}[kernel])
+    modeling._flash_agrees.cache_clear()
+    try:
+        assert modeling._flash_agrees(torch.float32, 16, device="cpu") is agrees
+    finally:
+        modeling._flash_agrees.cache_clear()
