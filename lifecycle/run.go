@@ -572,7 +572,13 @@ func (d *Driver) follow(ctx context.Context, trainID string, m job.Machine, sign
 		}
 		*sess = ns
 	}
-	if code != progress.ExitOK {
+	if code == progress.ExitOK {
+		// What the runtime wrote to stderr after its last streamed line (warnings at exit):
+		// the machine and its stderr.log are about to go.
+		if tail, _ := (*sess).Run(ctx, stderrTail(wd)); len(tail) > 0 {
+			d.logLines(ctx, trainID, "stderr", strings.Split(strings.TrimRight(string(tail), "\n"), "\n")...)
+		}
+	} else {
 		tail, _ := (*sess).Run(ctx, stderrTail(wd)+"; tail -c 2000 "+shellQuote(wd)+"/bootstrap.log 2>/dev/null")
 		if len(tail) > 0 {
 			d.logLines(ctx, trainID, "stderr", strings.Split(strings.TrimRight(string(tail), "\n"), "\n")...)
@@ -667,8 +673,8 @@ func (f *follower) onLine(line []byte, end int64) error {
 	return nil
 }
 
-// stderrTail is the shell command that prints what the job's log gets of stderr.log after a
-// failure. The runtime streams its stderr as log events that say where each line ends in the
+// stderrTail is the shell command that prints what the job's log gets of stderr.log when the
+// runtime has exited. The runtime streams its stderr as log events that say where each line ends in the
 // file, so the log already holds all of it up to the last such event in progress.jsonl: what
 // follows that (a hard crash's last words, torchrun's report after the protocol's last line)
 // is printed. When the runtime streamed nothing (it died before it could), the file's tail is,

@@ -11,6 +11,7 @@ import (
 
 	"github.com/understudy-ai/training-service/internal/testenv"
 	"github.com/understudy-ai/training-service/job"
+	"github.com/understudy-ai/training-service/store"
 )
 
 func TestStderrLinesAreLoggedInOrderAndNotRepeated(t *testing.T) {
@@ -60,6 +61,25 @@ func TestStderrLinesAreLoggedInOrderAndNotRepeated(t *testing.T) {
 	defer h.conn.mu.Unlock()
 	if !slices.ContainsFunc(h.conn.commands, func(c string) bool { return strings.Contains(c, stderrTail("/w/stderr")) }) {
 		t.Fatalf("no stderr tail asked for: %q", h.conn.commands)
+	}
+}
+
+// A job that completes keeps what its runtime wrote to stderr after the last streamed line:
+// the machine, and the file, go with the teardown.
+func TestStderrAfterDoneIsKept(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.conn.runOutput = func(cmd string) []byte {
+		if strings.Contains(cmd, "stderr.log") {
+			return []byte("UserWarning: written at exit\n")
+		}
+		return nil
+	}
+	h.drv.Start(context.Background())
+	h.submit("exitwarn")
+	h.waitFor("exitwarn", job.StatusCompleted)
+	logs, _ := h.store.LogList(context.Background(), "exitwarn", 0, 0)
+	if !slices.ContainsFunc(logs, func(l store.LogLine) bool { return l.Stream == "stderr" && l.Text == "UserWarning: written at exit" }) {
+		t.Fatalf("the stderr written after done is not in the log: %+v", logs)
 	}
 }
 
