@@ -10,10 +10,12 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"math"
 	"path"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/pkg/sftp"
 	"gocloud.dev/blob"
@@ -50,12 +52,13 @@ type DownloadOptions struct {
 	ParallelChunks int
 	// Connections is how many SSH connections carry the data: this Client's plus
 	// Connections-1 dialled for the download and closed after it; default 1. Sessions is
-	// how many SFTP sessions share them, round robin; default 4. Chunks of a large file
-	// are spread over all sessions. Each session has its own SSH flow-control window
-	// (2 MiB in x/crypto/ssh, which caps one session at 2 MiB per round trip over a long
-	// path) and its own SFTP server process; each connection its own TCP window, cipher
-	// stream and sshd process. If an extra connection or session cannot be made, the
-	// download goes on with those that could.
+	// how many SFTP sessions share them, round robin; default: as many as the measured
+	// round trip needs (sessionsFor), 1 to 4. Chunks of a large file are spread over all
+	// sessions. Each session has its own SSH flow-control window (2 MiB in x/crypto/ssh,
+	// which caps one session at 2 MiB per round trip over a long path) and its own SFTP
+	// server process; each connection its own TCP window, cipher stream and sshd process.
+	// If an extra connection or session cannot be made, the download goes on with those
+	// that could.
 	Connections int
 	Sessions    int
 	// ContentType of the stored objects; default application/octet-stream.
@@ -78,9 +81,6 @@ func (o *DownloadOptions) withDefaults() DownloadOptions {
 	}
 	if r.Connections <= 0 {
 		r.Connections = 1
-	}
-	if r.Sessions <= 0 {
-		r.Sessions = 4
 	}
 	if r.ContentType == "" {
 		r.ContentType = "application/octet-stream"
@@ -131,6 +131,11 @@ func (c *Client) Download(ctx context.Context, remoteDir string, bucket *blob.Bu
 
 	sftps := []*sftp.Client{sc}
 	if totalSize(files) > int64(o.ChunkSize) {
+		if o.Sessions <= 0 {
+			rtt := roundTrip(sc)
+			o.Sessions = sessionsFor(rtt)
+			c.log.Debug("download sessions", "round_trip", rtt, "sessions", o.Sessions)
+		}
 		conns := []*Client{c}
 		for range o.Connections - 1 {
 			extra, err := Dial(ctx, c.target, &c.opts)
@@ -199,6 +204,41 @@ feed:
 	slices.SortFunc(files, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
 	c.log.Info("downloaded", "files", len(files), "bytes", totalSize(files))
 	return Manifest{Files: files}, nil
+}
+
+// What sessionsFor sizes the sessions for: a fast cloud link (10 Gbit/s) and one session's
+// SSH flow-control window (2 MiB, x/crypto/ssh's and OpenSSH's).
+const (
+	downloadLinkBytesPerSecond = 1.25e9
+	sessionWindowBytes         = 2 << 20
+	maxDownloadSessions        = 4
+)
+
+// sessionsFor returns how many SFTP sessions a download over a path with round trip rtt
+// needs: one session moves at most a window per round trip, so enough windows to fill the
+// link, 1 to maxDownloadSessions. Over loopback or within a rack one is enough, and more
+// only add SFTP server processes competing for the CPU the copy is bound by; over a WAN
+// the cap. An unknown round trip (0) gets the cap.
+func sessionsFor(rtt time.Duration) int {
+	if rtt <= 0 {
+		return maxDownloadSessions
+	}
+	n := int(math.Ceil(rtt.Seconds() * downloadLinkBytesPerSecond / sessionWindowBytes))
+	return min(max(n, 1), maxDownloadSessions)
+}
+
+// roundTrip is the fastest of five small SFTP requests (realpath of "."): the path's round
+// trip plus the server's time to answer. 0 when a request fails.
+func roundTrip(sc *sftp.Client) time.Duration {
+	best := time.Duration(math.MaxInt64)
+	for range 5 {
+		t := time.Now()
+		if _, err := sc.Getwd(); err != nil {
+			return 0
+		}
+		best = min(best, time.Since(t))
+	}
+	return best
 }
 
 func totalSize(files []File) int64 {

@@ -6,8 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,6 +83,66 @@ func openBucket(t *testing.T) (*blob.Bucket, string) {
 	}
 	t.Cleanup(func() { b.Close() })
 	return b, dir
+}
+
+// sessionLog records the number of SFTP sessions Download chose.
+type sessionLog struct {
+	mu       sync.Mutex
+	sessions []int64
+}
+
+func (h *sessionLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h *sessionLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *sessionLog) WithGroup(string) slog.Handler            { return h }
+func (h *sessionLog) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if r.Message == "download sessions" && a.Key == "sessions" {
+			h.mu.Lock()
+			h.sessions = append(h.sessions, a.Value.Int64())
+			h.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
+// Without Sessions set, Download sizes its sessions by the measured round trip: one over
+// loopback, where more only compete for the CPU, the most over a long path.
+func TestDownloadSessionsFollowTheRoundTrip(t *testing.T) {
+	t.Parallel()
+	srv := sshdtest.Start(t)
+	remote := t.TempDir()
+	want := writeOutputDir(t, remote)
+	delayed := startDelayProxy(t, fmt.Sprintf("127.0.0.1:%d", srv.Port), 15*time.Millisecond)
+	for _, tc := range []struct {
+		name string
+		port int
+		// The sessions chosen, at least and at most: over loopback one, or two when the test
+		// machine is so busy that a request takes more than ~1.7 ms (sessionsFor's table is
+		// its own test).
+		least, most int64
+	}{
+		{"loopback", srv.Port, 1, 2},
+		{"30 ms round trip", delayed.port(), 4, 4},
+	} {
+		log := &sessionLog{}
+		target := srv.Target()
+		target.Port = tc.port
+		ctx := testContext(t)
+		c, err := sshrunner.Dial(ctx, target, &sshrunner.Options{Logger: slog.New(log)})
+		if err != nil {
+			t.Fatalf("%s: Dial: %v", tc.name, err)
+		}
+		bucket, _ := openBucket(t)
+		got, err := c.Download(ctx, remote, bucket, "w", &sshrunner.DownloadOptions{ChunkSize: 1 << 20})
+		c.Close()
+		if err != nil || len(got.Files) != len(want.Files) {
+			t.Fatalf("%s: Download: %v (%d files)", tc.name, err, len(got.Files))
+		}
+		if len(log.sessions) != 1 || log.sessions[0] < tc.least || log.sessions[0] > tc.most {
+			t.Errorf("%s: sessions chosen %v, want %d to %d", tc.name, log.sessions, tc.least, tc.most)
+		}
+	}
 }
 
 func TestDownloadVerify(t *testing.T) {
