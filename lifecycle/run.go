@@ -572,17 +572,17 @@ func (d *Driver) follow(ctx context.Context, trainID string, m job.Machine, sign
 		}
 		*sess = ns
 	}
-	if code == progress.ExitOK {
-		// What the runtime wrote to stderr after its last streamed line (warnings at exit):
-		// the machine and its stderr.log are about to go.
-		if tail, _ := (*sess).Run(ctx, stderrTail(wd)); len(tail) > 0 {
-			d.logLines(ctx, trainID, "stderr", strings.Split(strings.TrimRight(string(tail), "\n"), "\n")...)
-		}
-	} else {
-		tail, _ := (*sess).Run(ctx, stderrTail(wd)+"; tail -c 2000 "+shellQuote(wd)+"/bootstrap.log 2>/dev/null")
-		if len(tail) > 0 {
-			d.logLines(ctx, trainID, "stderr", strings.Split(strings.TrimRight(string(tail), "\n"), "\n")...)
-		}
+	// What the runtime wrote to stderr after its last streamed line (a crash's last words,
+	// warnings at a clean exit), and after a failure how the bootstrap ended: the machine and
+	// its files are about to go.
+	tailCmd := stderrTail(wd)
+	if code != progress.ExitOK {
+		tailCmd += "; tail -c 2000 " + shellQuote(wd) + "/bootstrap.log 2>/dev/null"
+	}
+	if tail, _ := (*sess).Run(ctx, tailCmd); len(tail) > 0 {
+		d.logLines(ctx, trainID, "stderr", strings.Split(strings.TrimRight(string(tail), "\n"), "\n")...)
+	}
+	if code != progress.ExitOK {
 		reason, msg := job.ReasonTrainingFailed, fmt.Sprintf("the training runtime exited with code %d", code)
 		if f.errEvent != nil {
 			reason, msg = f.errEvent.Code, f.errEvent.Message
