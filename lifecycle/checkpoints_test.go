@@ -66,6 +66,10 @@ func (h *harness) waitForgotten(id string) *job.Job {
 func TestSupersededCheckpointIsRemoved(t *testing.T) {
 	w := &fakeWeights{}
 	h := newHarness(t, Config{Weights: w})
+	// The job waits in provisioning, until the harness stops the driver, while the test
+	// copies checkpoints itself: had it run on, its end would delete the checkpoint the test
+	// just recorded.
+	h.prov.provisionWait = make(chan struct{})
 	h.submit("prune")
 	j, err := h.store.JobGet(context.Background(), "prune")
 	if err != nil {
