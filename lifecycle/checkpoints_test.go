@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"crypto/ed25519"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -45,20 +46,9 @@ func listing(step string, files ...string) []byte {
 // does just after the job turns terminal.
 func (h *harness) waitForgotten(id string) *job.Job {
 	h.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		j, err := h.store.JobGet(context.Background(), id)
-		if err != nil {
-			h.t.Fatal(err)
-		}
-		if j.Internal.LastCheckpoint == nil {
-			return j
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("the stored checkpoint %+v is still recorded", j.Internal.LastCheckpoint)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return h.waitUntil(id, func(j *job.Job) bool { return j.Internal.LastCheckpoint == nil }, func(j *job.Job) string {
+		return fmt.Sprintf("the stored checkpoint %+v is still recorded", j.Internal.LastCheckpoint)
+	})
 }
 
 // Only the newest checkpoint copied off a machine is kept in the weights store: the one it

@@ -463,17 +463,26 @@ func request(id string, n int) StartRequest {
 
 func (h *harness) waitFor(id string, want job.Status) *job.Job {
 	h.t.Helper()
+	return h.waitUntil(id, func(j *job.Job) bool { return j.Status == want }, func(j *job.Job) string {
+		return fmt.Sprintf("job %s is %s (error %+v), want %s", id, j.Status, j.Error, want)
+	})
+}
+
+// waitUntil polls the stored job until done says so, for at most 10 s; then it fails the
+// test with what late says of the job as last read.
+func (h *harness) waitUntil(id string, done func(*job.Job) bool, late func(*job.Job) string) *job.Job {
+	h.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		j, err := h.store.JobGet(context.Background(), id)
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		if j.Status == want {
+		if done(j) {
 			return j
 		}
 		if time.Now().After(deadline) {
-			h.t.Fatalf("job %s is %s (error %+v), want %s", id, j.Status, j.Error, want)
+			h.t.Fatal(late(j))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
