@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -60,7 +61,7 @@ func TestStartWithUnreachableHub(t *testing.T) {
 	if code != 422 || errCode(t, out) != "model_unavailable" {
 		t.Fatalf("start: %d %v, want 422 model_unavailable", code, out)
 	}
-	for _, want := range []string{`slm_type "microsoft/DialoGPT-small" is not a directory, so it was taken as a Hugging Face Hub id`,
+	for _, want := range []string{`slm_type "microsoft/DialoGPT-small" is not a path (a local model begins with /, ./, ../ or file://), so it was taken as a Hugging Face Hub id`,
 		"the Hub at " + endpoint + " could not be reached from the service (connection refused)",
 		"--model-root", "--hub-endpoint", "--hub-check=false"} {
 		if !strings.Contains(msg, want) {
@@ -68,10 +69,33 @@ func TestStartWithUnreachableHub(t *testing.T) {
 		}
 	}
 	assertNothingMade(t, e, "h1")
+	if strings.Contains(msg, "to train the model directory") {
+		t.Errorf("message %q points at a model directory, and there is none", msg)
+	}
 
 	// A local model does not need the Hub.
 	model := filepath.Join(e.models, "tiny")
 	os.MkdirAll(model, 0o700)
+
+	// A Hub id that also names a directory under a model root is still a Hub id, and the
+	// refusal says how to send the directory instead.
+	code, out = e.do(t, "POST", "/api/v1/training/start", token, body(map[string]any{"train_id": "h-ambiguous", "slm_type": "tiny"}))
+	if code != 422 || errCode(t, out) != "model_unavailable" {
+		t.Fatalf("start of a Hub id that names a model directory: %d %v, want 422 model_unavailable", code, out)
+	}
+	if want := fmt.Sprintf("(to train the model directory %s instead, send slm_type %q)", model, model); !strings.Contains(errMessage(out), want) {
+		t.Errorf("message %q does not say %q", errMessage(out), want)
+	}
+	// Relative to the service's working directory, the hint is the ./ path it resolves.
+	t.Chdir(filepath.Dir(e.models))
+	rel := filepath.Base(e.models) + "/tiny"
+	code, out = e.do(t, "POST", "/api/v1/training/start", token, body(map[string]any{"train_id": "h-cwd", "slm_type": rel}))
+	if want := fmt.Sprintf("send slm_type %q)", "./"+rel); code != 422 || !strings.Contains(errMessage(out), want) {
+		t.Errorf("start of %q: %d %q, want 422 saying %q", rel, code, errMessage(out), want)
+	}
+	if code, out := e.do(t, "POST", "/api/v1/training/start", token, body(map[string]any{"train_id": "h-cwd2", "slm_type": "./" + rel})); code != 202 {
+		t.Errorf("start of the hinted %q: %d %v", "./"+rel, code, out)
+	}
 	if code, out := e.do(t, "POST", "/api/v1/training/start", token, body(map[string]any{"train_id": "h-local", "slm_type": model})); code != 202 {
 		t.Fatalf("a local model with the Hub unreachable: %d %v", code, out)
 	}

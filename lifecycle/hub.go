@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 
+	"github.com/understudy-ai/training-service/internal/fsroot"
 	"github.com/understudy-ai/training-service/internal/hubcheck"
 	"github.com/understudy-ai/training-service/job"
 )
@@ -41,7 +44,10 @@ func (d *Driver) checkHubModel(ctx context.Context, slm string) error {
 			cause = he.Cause
 		}
 	}
-	taken := fmt.Sprintf("slm_type %q is not a directory, so it was taken as a Hugging Face Hub id", slm)
+	taken := fmt.Sprintf("slm_type %q is not a path (a local model begins with /, ./, ../ or file://), so it was taken as a Hugging Face Hub id", slm)
+	if dir := d.modelDirNamed(slm); dir != "" {
+		taken += fmt.Sprintf(" (to train the model directory %s instead, send slm_type %q)", dir, dir)
+	}
 	switch {
 	case errors.Is(err, hubcheck.ErrInvalidID):
 		return &job.Error{Code: job.CodeInvalidArgument, Reason: job.ReasonInvalidModel, Err: err,
@@ -59,4 +65,38 @@ func (d *Driver) checkHubModel(ctx context.Context, slm string) error {
 				"or, if the training machines reach the Hub but the service does not, start serve with --hub-check=false", taken, hub, cause)}
 	}
 	return fmt.Errorf("check hub model: %w", err)
+}
+
+// modelDirNamed is the path a client should send for a slm_type that was taken as a Hub id
+// but also names a model directory, relative to the service's working directory or to a
+// model root: "" when there is none. Only directories under the ModelRoots are looked at,
+// so a client learns nothing of the host beyond what it may already train on.
+func (d *Driver) modelDirNamed(slm string) string {
+	if strings.Contains(slm, "://") || filepath.IsAbs(slm) {
+		return ""
+	}
+	cands := []string{slm}
+	for _, r := range d.cfg.ModelRoots {
+		cands = append(cands, filepath.Join(r, slm))
+	}
+	for _, c := range cands {
+		p, err := filepath.Abs(c)
+		if err != nil {
+			continue
+		}
+		root, rel, err := fsroot.Open(d.cfg.ModelRoots, p)
+		if err != nil {
+			continue
+		}
+		fi, err := root.Stat(rel)
+		root.Close()
+		if err != nil || !fi.IsDir() {
+			continue
+		}
+		if c == slm {
+			return "./" + filepath.ToSlash(slm)
+		}
+		return p
+	}
+	return ""
 }

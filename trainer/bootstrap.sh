@@ -18,6 +18,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 log() { echo "bootstrap: $*" >&2; }
+# uv trusts the system's certificate store, as pip and curl do, not only the roots it was
+# built with: a machine whose network inspects TLS under a CA installed on it builds too.
+# A uv too old to know this setting, and any other failure of uv, falls back to pip.
+export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}"
 
 check_gpu() {
   [ "${UNDERSTUDY_SKIP_GPU_CHECK:-0}" = 1 ] && return 0
@@ -84,17 +88,21 @@ PY
     fi
   fi
   if [ -z "$built" ]; then
+    pip_install() { "$tmp/bin/python" -m pip install -q --disable-pip-version-check -r "$req" -r "$dev" >&2; }
     if command -v uv >/dev/null 2>&1; then
       log "building $venv with uv"
-      uv venv -q --python "$py" "$tmp" >&2
-      uv pip install -q --python "$tmp/bin/python" -r "$req" -r "$dev" >&2
+      uv venv -q --python "$py" --seed "$tmp" >&2
+      if ! uv pip install -q --python "$tmp/bin/python" -r "$req" -r "$dev" >&2; then
+        log "uv could not install the pins; installing them with pip"
+        pip_install
+      fi
     else
       log "building $venv with pip"
       "$py" -m venv "$tmp" >&2
-      if "$tmp/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip uv >&2; then
-        "$tmp/bin/uv" pip install --python "$tmp/bin/python" -r "$req" -r "$dev" >&2
-      else
-        "$tmp/bin/python" -m pip install -q --disable-pip-version-check -r "$req" -r "$dev" >&2
+      if ! { "$tmp/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip uv >&2 &&
+        "$tmp/bin/uv" pip install --python "$tmp/bin/python" -r "$req" -r "$dev" >&2; }; then
+        log "uv could not install the pins; installing them with pip"
+        pip_install
       fi
     fi
     built="pinned"

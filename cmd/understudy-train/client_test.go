@@ -112,7 +112,7 @@ func TestHelpExitsZeroAndNamesTheArgument(t *testing.T) {
 			t.Errorf("%s -h does not name <train_id>:\n%s", cmd, stderr)
 		}
 	}
-	for _, cmd := range []string{"start", "list", "stacks"} {
+	for _, cmd := range []string{"start", "list", "stacks", "serve"} {
 		if _, _, err := runCLI(context.Background(), cmd, "--help"); exitCode(err) != 0 {
 			t.Errorf("%s --help: exit %d", cmd, exitCode(err))
 		}
@@ -127,6 +127,10 @@ func TestFlagTypoSuggestsTheFlag(t *testing.T) {
 	_, _, err = runCLI(context.Background(), "list", "--stauts", "failed")
 	if err == nil || !strings.Contains(err.Error(), "did you mean --status?") {
 		t.Fatalf("got %v", err)
+	}
+	_, _, err = runCLI(context.Background(), "serve", "--api-token-file", "f")
+	if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "did you mean --token-file?") {
+		t.Fatalf("serve: got %v", err)
 	}
 }
 

@@ -61,13 +61,17 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return usageError(msg + " (understudy-train " + fs.Name() + " -h lists the flags)")
 }
 
-// closestFlag is the flag of fs nearest to name: one it starts, or within two edits.
+// closestFlag is the flag of fs nearest to name: one it starts, one it ends with
+// (--api-token-file for --token-file), or within two edits.
 func closestFlag(fs *flag.FlagSet, name string) string {
 	best, bestDist := "", 3
 	fs.VisitAll(func(f *flag.Flag) {
 		d := editDistance(name, f.Name)
 		if strings.HasPrefix(f.Name, name) && len(name) >= 3 {
 			d = 1
+		}
+		if strings.HasSuffix(name, "-"+f.Name) {
+			d = min(d, 2)
 		}
 		if d < bestDist {
 			best, bestDist = f.Name, d

@@ -145,6 +145,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var cfg Config
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: understudy-train serve [flags]\n\nRun the service: the REST API, the dashboard and the jobs' drivers.\n\nflags:\n")
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&cfg.Listen, "listen", envOr("UNDERSTUDY_LISTEN", "127.0.0.1:8080"), "address to listen on")
 	fs.StringVar(&cfg.DataDir, "data-dir", envOr("UNDERSTUDY_DATA_DIR", "./.understudy"), "directory for the job store, Pulumi state, weights and per-job keys")
 	fs.StringVar(&cfg.TokenFile, "token-file", os.Getenv("UNDERSTUDY_API_TOKEN_FILE"), "file holding the API token (default: $UNDERSTUDY_API_TOKEN, else <data-dir>/api-token, made if missing)")
@@ -203,7 +207,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := cfg.Limits.register(fs); err != nil {
 		return usageError(err.Error())
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
