@@ -38,6 +38,10 @@ type Config struct {
 	// Python is an interpreter, per provider, the machine should use instead of
 	// bootstrapping one (the local provider's machine is this host).
 	Python map[string]string
+	// RuntimeCache is a directory, per provider, where the machine's runtime keeps the
+	// Python environment it bootstraps (UNDERSTUDY_CACHE); empty leaves the runtime's
+	// default (the user's cache directory).
+	RuntimeCache map[string]string
 	// ConnectTimeout bounds how long the Driver keeps trying to reach a new machine.
 	ConnectTimeout time.Duration
 	// ReconnectTimeout bounds how long a lost SSH connection is retried.

@@ -480,6 +480,9 @@ func (d *Driver) upload(ctx context.Context, j *job.Job, sess Session) error {
 	if py := d.cfg.Python[j.Provider]; py != "" {
 		env["UNDERSTUDY_PYTHON"] = py
 	}
+	if dir := d.cfg.RuntimeCache[j.Provider]; dir != "" {
+		env["UNDERSTUDY_CACHE"] = dir
+	}
 	if d.cfg.CallbackURL != "" {
 		env["UNDERSTUDY_CALLBACK_URL"] = strings.TrimRight(d.cfg.CallbackURL, "/") + "/api/v1/training/" + j.TrainID + "/completed"
 		env["UNDERSTUDY_COMPLETION_TOKEN"] = token

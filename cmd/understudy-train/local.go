@@ -30,6 +30,9 @@ type localSetup struct {
 	Config programs.LocalConfig
 	// NotReady says why local jobs cannot run (the status's "not configured: …"), or "".
 	NotReady string
+	// RuntimeCache is where local jobs keep the runtime's Python environment between jobs
+	// when they bootstrap it themselves as a user with no home (UNDERSTUDY_CACHE), or "".
+	RuntimeCache string
 }
 
 // configureLocal decides as whom local jobs run and where their workers live:
@@ -90,10 +93,35 @@ func configureLocal(ctx context.Context, cfg Config, dataDir string, log *slog.L
 			if err := canRun(ctx, jobUser, cfg.LocalPython); err != nil {
 				setup.NotReady = err.Error()
 			}
+		} else if setup.RuntimeCache, err = makeRuntimeCache(workers, jobUser); err != nil {
+			return localSetup{}, err
 		}
 	}
 	log.Info("local jobs", "user", cmp.Or(setup.Config.User, me.Username), "workers", workers)
 	return setup, nil
+}
+
+// makeRuntimeCache makes <workers>/runtime-cache, owned by the jobs' user and closed to
+// everyone else. That user has no home, so without it each job would build the runtime's
+// Python environment (PyTorch: gigabytes) in its own work dir and lose it at teardown; the
+// runtime's bootstrap builds it here once and every later job reuses it.
+func makeRuntimeCache(workers string, u *user.User) (string, error) {
+	dir := filepath.Join(workers, "runtime-cache")
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return "", fmt.Errorf("local jobs' user %s: uid %q, gid %q", u.Username, u.Uid, u.Gid)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
+		return "", fmt.Errorf("create the local jobs' runtime cache: %w", err)
+	}
+	if err := os.Lchown(dir, uid, gid); err != nil {
+		return "", fmt.Errorf("create the local jobs' runtime cache: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create the local jobs' runtime cache: %w", err)
+	}
+	return dir, nil
 }
 
 // makeWorkersDir makes the workers dir: owner-only when the jobs run as this user, else

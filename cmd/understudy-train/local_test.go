@@ -5,7 +5,9 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/understudy-ai/training-service/internal/sysuser"
@@ -44,6 +46,14 @@ func TestLocalJobsDropRoot(t *testing.T) {
 	if setup.NotReady != "" {
 		t.Errorf("not ready without a local Python: %s", setup.NotReady)
 	}
+	// Without a local Python the jobs bootstrap one, into a cache their user owns and keeps.
+	worker, _ := user.Lookup(sysuser.DefaultWorker)
+	if want := filepath.Join(setup.Config.BaseDir, "runtime-cache"); setup.RuntimeCache != want {
+		t.Errorf("runtime cache = %q, want %q", setup.RuntimeCache, want)
+	} else if st, err := os.Stat(want); err != nil || st.Mode().Perm() != 0o700 || !st.IsDir() ||
+		worker == nil || strconv.Itoa(int(st.Sys().(*syscall.Stat_t).Uid)) != worker.Uid {
+		t.Errorf("runtime cache: %v %v, want a 0700 directory of %s", st, err, sysuser.DefaultWorker)
+	}
 
 	// A Python under a directory closed to the jobs' user (as root's home is).
 	closed := testenv.SSHDDir(t, "python-")
@@ -65,6 +75,9 @@ func TestLocalJobsDropRoot(t *testing.T) {
 	setup, err = configureLocal(t.Context(), Config{LocalPython: py, LocalWorkersDir: explicit}, data, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup.RuntimeCache != "" {
+		t.Errorf("runtime cache %q made, though a local Python was given", setup.RuntimeCache)
 	}
 	if setup.Config.BaseDir != explicit {
 		t.Errorf("workers dir = %s, want %s", setup.Config.BaseDir, explicit)

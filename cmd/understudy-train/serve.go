@@ -356,6 +356,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Weights:            weights.Bucket,
 		CallbackURL:        cfg.PublicURL,
 		Python:             map[string]string{"local": cfg.LocalPython},
+		RuntimeCache:       map[string]string{"local": local.RuntimeCache},
 		MachineLease:       lease,
 		DatasetRoots:       cfg.Limits.DatasetRoots,
 		ModelRoots:         cfg.Limits.ModelRoots,
