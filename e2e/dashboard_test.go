@@ -179,6 +179,14 @@ func TestDashboardInChromium(t *testing.T) {
 	first := waitPoints(3, 3*time.Minute)
 	grown := waitPoints(first+3, 2*time.Minute)
 	t.Logf("loss curve: %d points, then %d", first, grown)
+	// The progress shown is as new as the curve, not the older status the page polled.
+	var steps []int
+	run("progress and curve", chromedp.Evaluate(`[
+		Number((document.getElementById("progress").textContent.match(/step (\d+)\//) || [0, -1])[1]),
+		Number(document.getElementById("loss-chart").dataset.lastStep)]`, &steps))
+	if len(steps) != 2 || steps[1] < 1 || steps[0] < steps[1] {
+		t.Errorf("progress shows step %v while the curve has reached step %v", steps[:1], steps[1:])
+	}
 	var logText, status string
 	run("log tail and status",
 		chromedp.WaitVisible(`#log`, chromedp.ByID),

@@ -8,10 +8,17 @@ export class Curves {
   constructor() {
     this.train = new Map();
     this.eval = new Map();
+    // last is the newest step line (step, total_steps, tokens_per_second, eta_seconds):
+    // the stream is ahead of the status document, which the service writes about once a
+    // second and the page polls every two.
+    this.last = null;
   }
 
   // add folds one progress line in; it says whether a point was added or changed.
   add(e) {
+    if (e.event === "step" && (this.last == null || e.step >= this.last.step)) {
+      this.last = e;
+    }
     if (e.event === "step" && e.loss != null) {
       this.train.set(e.step, e.loss);
       return true;
@@ -71,6 +78,7 @@ export function LossChart({ curves, version }) {
       id="loss-chart"
       data-train-points={curves.train.size}
       data-eval-points={curves.eval.size}
+      data-last-step={curves.last?.step ?? 0}
     />
   );
 }

@@ -348,6 +348,20 @@ function Attempts({ attempts }) {
   );
 }
 
+// Progress is the job's step, rate and ETA: from the log stream's newest step line while the
+// job runs and the stream is ahead of the polled status, else from the status.
+function Progress({ job, last }) {
+  const live = !TERMINAL.has(job.status);
+  const p = live && last && last.step > job.progress.step ? last : job.progress;
+  return (
+    <>
+      {p.total_steps ? `step ${p.step}/${p.total_steps}` : "—"}
+      {p.tokens_per_second ? `, ${rate(p.tokens_per_second)}` : ""}
+      {live && p.eta_seconds != null ? `, ETA ${duration(p.eta_seconds)}` : ""}
+    </>
+  );
+}
+
 function JobPage({ id, go, out }) {
   const [job, setJob] = useState(null);
   const [error, setError] = useState("");
@@ -381,9 +395,7 @@ function JobPage({ id, go, out }) {
             <dt>Model</dt><dd>{job.slm_type}</dd>
             <dt>Pairs</dt><dd>{job.training_pairs_count}</dd>
             <dt>Progress</dt>
-            <dd id="progress">{job.progress.total_steps ? `step ${job.progress.step}/${job.progress.total_steps}` : "—"}
-              {job.progress.tokens_per_second ? `, ${rate(job.progress.tokens_per_second)}` : ""}
-              {!TERMINAL.has(job.status) && job.progress.eta_seconds != null ? `, ETA ${duration(job.progress.eta_seconds)}` : ""}</dd>
+            <dd id="progress"><Progress job={job} last={curves.last} /></dd>
             <dt>Duration</dt><dd>{duration(jobDuration(job, now))}</dd>
             <dt>Cost</dt><dd id="cost">{usd(job.cost_usd)}</dd>
             {job.weights_uri && <><dt>Weights</dt><dd id="weights"><code>{job.weights_uri}</code></dd></>}
