@@ -6,6 +6,8 @@ package deploy_test
 import (
 	"bytes"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -140,9 +142,23 @@ func TestImageRunsAsNonRootWithWhatALocalJobNeeds(t *testing.T) {
 	if user == "" || user == "root" || strings.HasPrefix(user, "0") {
 		t.Errorf("the image runs as %q", user)
 	}
-	for _, want := range []string{"openssh-server", "python3", "make binaries", "UNDERSTUDY_LOCAL_PYTHON=", "--password '*'"} {
+	for _, want := range []string{"openssh-server", "python3", "make binaries", "UNDERSTUDY_LOCAL_PYTHON=", "--password '*'",
+		// PID 1 must reap the processes jobs leave behind: the service does not.
+		"tini", `ENTRYPOINT ["/usr/bin/tini", "--", `} {
 		if !strings.Contains(text, want) {
 			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+
+	// What the host built must not reach the image: make would take it as up to date.
+	ignore, err := os.ReadFile(filepath.Join("..", ".dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines = strings.Split(string(ignore), "\n")
+	for _, want := range []string{"bin/", "build/", ".understudy/", "dashboard/dist/*", "dashboard/web/node_modules/"} {
+		if !slices.Contains(lines, want) {
+			t.Errorf(".dockerignore does not leave out %s", want)
 		}
 	}
 }
