@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -15,15 +16,23 @@ import (
 	"github.com/understudy-ai/training-service/job"
 )
 
-// fakeWeights records what the Driver deletes from the weights store.
+// fakeWeights records what the Driver deletes from the weights store. A key in failures
+// fails that many more deletes (a negative count: every one).
 type fakeWeights struct {
-	mu      sync.Mutex
-	deleted []string
+	mu       sync.Mutex
+	deleted  []string
+	failures map[string]int
+	tries    int
 }
 
 func (w *fakeWeights) Delete(ctx context.Context, key string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.tries++
+	if n := w.failures[key]; n != 0 {
+		w.failures[key] = n - 1
+		return errors.New("store unavailable")
+	}
 	w.deleted = append(w.deleted, key)
 	return nil
 }
@@ -135,5 +144,48 @@ func TestKeptCheckpointIsNotRemoved(t *testing.T) {
 	}
 	if got := w.keys(); len(got) != 0 {
 		t.Fatalf("deleted %v, the kept checkpoint %s among them", got, j.CheckpointURI)
+	}
+}
+
+// A checkpoint file the store fails to delete is tried again; one that never goes is
+// reported once, as a checkpoint_not_removed event, after the last try.
+func TestCheckpointRemovalIsRetried(t *testing.T) {
+	cp := &job.StoredCheckpoint{Name: "step-00000002", Step: 2, Prefix: "ep/v1/retry/checkpoint/step-00000002",
+		Files: []job.ManifestFile{{Path: "model.pt"}, {Path: "trainer_state.json"}}}
+	model, state := cp.Prefix+"/model.pt", cp.Prefix+"/trainer_state.json"
+	notRemoved := func(h *harness, id string) []job.Event {
+		evs, err := h.store.EventList(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.DeleteFunc(evs, func(e job.Event) bool { return e.Type != "checkpoint_not_removed" })
+	}
+	for _, tc := range []struct {
+		name     string
+		failures int // of model.pt
+		deleted  []string
+		tries    int
+		event    string
+	}{
+		{"passing failure", 2, []string{model, state}, 4, ""},
+		{"lasting failure", -1, []string{state}, 4, "1 of 2 files of the stored checkpoint step-00000002 could not be removed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &fakeWeights{failures: map[string]int{model: tc.failures}}
+			h := newHarness(t, Config{Weights: w, CheckpointRemoveBackoff: time.Millisecond})
+			h.prov.provisionWait = make(chan struct{}) // the job waits; the test removes
+			h.submit("retry")
+			h.drv.removeCheckpoint(context.Background(), "retry", cp)
+			if got := w.keys(); !slices.Equal(got, tc.deleted) || w.tries != tc.tries {
+				t.Errorf("deleted %v in %d tries, want %v in %d", got, w.tries, tc.deleted, tc.tries)
+			}
+			evs := notRemoved(h, "retry")
+			switch {
+			case tc.event == "" && len(evs) != 0:
+				t.Errorf("events %+v, want none", evs)
+			case tc.event != "" && (len(evs) != 1 || !strings.Contains(evs[0].Message, tc.event)):
+				t.Errorf("events %+v, want one saying %q", evs, tc.event)
+			}
+		})
 	}
 }

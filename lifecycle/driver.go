@@ -49,6 +49,9 @@ type Config struct {
 	// TeardownAttempts and TeardownBackoff shape the retries of a failing destroy.
 	TeardownAttempts int
 	TeardownBackoff  time.Duration
+	// CheckpointRemoveBackoff is the first wait before a stored checkpoint's file that could
+	// not be deleted is tried again (default 1s).
+	CheckpointRemoveBackoff time.Duration
 	// TeardownTimeout bounds one destroy attempt.
 	TeardownTimeout time.Duration
 	// Owner names this instance in the jobs it drives.
@@ -132,6 +135,9 @@ func (c *Config) defaults() {
 	}
 	if c.TeardownAttempts <= 0 {
 		c.TeardownAttempts = 4
+	}
+	if c.CheckpointRemoveBackoff <= 0 {
+		c.CheckpointRemoveBackoff = time.Second
 	}
 	if c.TeardownBackoff <= 0 {
 		c.TeardownBackoff = 2 * time.Second
