@@ -212,16 +212,37 @@ def test_runtime_flood_and_bars_are_held_back_but_kept_in_the_file(tmp_path):
     assert stderr.count("\rbar ") == 5000
 
 
+def test_stderr_is_line_buffered_when_started_unbuffered(tmp_path):
+    """torchrun starts its ranks with -u, and every process appends to one stderr file: the
+    runtime makes stderr line-buffered, so that print() reaches the file a line at a time (a
+    line and its newline written apart could interleave with another rank's line)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent("""
+        import atexit, sys
+        atexit.register(lambda: sys.__stderr__.write(
+            f"stderr write_through={sys.stderr.write_through} line_buffering={sys.stderr.line_buffering}\\n"))
+    """))
+    env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{TRAINER}", UNDERSTUDY_NO_TORCHRUN="1")
+    proc = subprocess.run([sys.executable, "-u", "-m", "understudy_trainer", "train", "--model", str(tmp_path / "no-model"),
+                           "--dataset", SAMPLE, "--output-dir", str(tmp_path / "out"), "--device", "cpu",
+                           "--hyperparameters-json", '{"epochs": 0}'], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "stderr write_through=False line_buffering=True" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_torchrun_streams_every_process_once(tmp_path):
     """Under torchrun, rank 0 alone streams the file every process writes its stderr to: the
     launching process's lines and the ranks' own, each once."""
     from test_distributed import finish, launch
 
     tmp = str(tmp_path)
+    # One write per line: this runs before the runtime's main() makes stderr line-buffered
+    # (test_stderr_is_line_buffered_when_started_unbuffered), and torchrun starts ranks with -u.
     inject = """
         import os, sys
         if os.environ.get("LOCAL_RANK") is not None:
-            print(f"rank {os.environ['RANK']} says hello", file=sys.stderr, flush=True)
+            sys.stderr.write(f"rank {os.environ['RANK']} says hello\\n")
     """
     proc = launch(["train", "--model", os.path.join(tmp, "no-model"), "--dataset", SAMPLE, "--output-dir",
                    os.path.join(tmp, "out"), "--checkpoint-dir", os.path.join(tmp, "ckpt"), "--device", "cpu",

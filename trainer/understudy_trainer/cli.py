@@ -267,6 +267,11 @@ def main(argv=None):
     protocol = io.TextIOWrapper(os.fdopen(out_fd, "wb", buffering=0), encoding="utf-8", line_buffering=True,
                                 write_through=True)
     sys.stdout = sys.stderr
+    # One write per line on stderr. Under torchrun every process appends to the same stderr
+    # file, and torchrun starts the ranks unbuffered (-u, as PYTHONUNBUFFERED would): print()
+    # would then write a line and its newline apart, and two ranks' lines could interleave.
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(line_buffering=True, write_through=False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     if os.environ.get(STREAM_STDERR_ENV) == "1" and not os.environ.get(STDERR_FROM_ENV):
