@@ -5,10 +5,15 @@ package deploy_test
 
 import (
 	"bytes"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -160,5 +165,99 @@ func TestImageRunsAsNonRootWithWhatALocalJobNeeds(t *testing.T) {
 		if !slices.Contains(lines, want) {
 			t.Errorf(".dockerignore does not leave out %s", want)
 		}
+	}
+}
+
+// healthcheckCommand is the shell command of the Dockerfile's HEALTHCHECK, continuation
+// lines joined as Docker joins them.
+func healthcheckCommand(t *testing.T) string {
+	t.Helper()
+	raw, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.ReplaceAll(string(raw), "\\\n", "")
+	for _, l := range strings.Split(text, "\n") {
+		if rest, ok := strings.CutPrefix(l, "HEALTHCHECK "); ok {
+			_, cmd, ok := strings.Cut(rest, " CMD ")
+			if !ok {
+				t.Fatalf("HEALTHCHECK without CMD: %q", l)
+			}
+			return cmd
+		}
+	}
+	t.Fatal("the Dockerfile has no HEALTHCHECK")
+	return ""
+}
+
+// The image's probe asks the address the service was told to listen on, so that changing
+// UNDERSTUDY_LISTEN does not turn a healthy container unhealthy; the entrypoint leaves the
+// address to that variable, which serve reads.
+func TestImageHealthcheckFollowsTheListenAddress(t *testing.T) {
+	raw, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw)
+	if !strings.Contains(text, "UNDERSTUDY_LISTEN=0.0.0.0:8080") {
+		t.Error("the image does not listen on 0.0.0.0:8080 by UNDERSTUDY_LISTEN")
+	}
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, "ENTRYPOINT ") && strings.Contains(l, "--listen") {
+			t.Errorf("the entrypoint sets --listen, which the HEALTHCHECK cannot see: %s", l)
+		}
+	}
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatalf("curl is needed to run the image's HEALTHCHECK (make deps installs it): %v", err)
+	}
+	cmd := healthcheckCommand(t)
+
+	var (
+		mu    sync.Mutex
+		asked []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked = append(asked, r.URL.Path)
+		mu.Unlock()
+		if r.URL.Path != "/healthz" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	}))
+	defer srv.Close()
+	_, port, err := net.SplitHostPort(srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A port nothing listens on: the probe must fail there.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, closed, _ := net.SplitHostPort(ln.Addr().String())
+	ln.Close()
+
+	for _, c := range []struct {
+		listen  string
+		healthy bool
+	}{
+		{"0.0.0.0:" + port, true},
+		{"127.0.0.1:" + port, true},
+		{":" + port, true},
+		{"0.0.0.0:" + closed, false},
+	} {
+		probe := exec.Command("sh", "-c", cmd)
+		probe.Env = append(os.Environ(), "UNDERSTUDY_LISTEN="+c.listen)
+		out, err := probe.CombinedOutput()
+		if healthy := err == nil; healthy != c.healthy {
+			t.Errorf("UNDERSTUDY_LISTEN=%s: probe healthy=%v, want %v (%v: %s)", c.listen, healthy, c.healthy, err, out)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(asked) != 3 || slices.ContainsFunc(asked, func(p string) bool { return p != "/healthz" }) {
+		t.Errorf("the probe asked %q, want /healthz three times", asked)
 	}
 }
