@@ -140,6 +140,9 @@ bench-smoke:
 ## bench-gpu: on one GPU, the runtime vs both peers on a random-init 124M GPT-2 at seq 1024
 ## (tokens/s, MFU, median of 5 interleaved runs) and both checks in bf16; estimated at 6-7
 ## minutes on an H200 (not yet run on one). Results also in build/bench-gpu.json.
+## UNDERSTUDY_TORCH_PYTHON=python3 runs it on the machine's own PyTorch instead of downloading
+## the pinned one (UNDERSTUDY_WHEELS=DIR: the other packages from scripts/wheelhouse.sh's
+## wheels, no network; docs/benchmarks-train.md).
 bench-gpu:
 	@mkdir -p build
 	$(BENCH_PYTHON) trainer/bench/bench_train.py --mode gpu --json build/bench-gpu.json

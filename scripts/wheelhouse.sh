@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Downloads the wheels of trainer/bench/requirements-lock.txt (everything the runtime and
+# its benchmarks import, PyTorch left out) for Linux x86_64 and one Python version into DIR,
+# so that scripts/benchsite.sh can install them with UNDERSTUDY_WHEELS=DIR on a GPU machine
+# that has PyTorch but cannot reach PyPI.
+#
+#   scripts/wheelhouse.sh DIR [PYTHON_VERSION]     (default 3.12)
+#
+# Add a package's name after the version to leave it out when the target machine has a
+# version that will do (each one left out is then the machine's).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+[ $# -ge 1 ] || { echo "usage: scripts/wheelhouse.sh DIR [PYTHON_VERSION [SKIP...]]" >&2; exit 2; }
+dir=$1
+ver=${2:-3.12}
+shift $(( $# >= 2 ? 2 : 1 ))
+lock="$root/trainer/bench/requirements-lock.txt"
+reqs=$(mktemp)
+trap 'rm -f "$reqs"' EXIT
+grep -v -E '^[[:space:]]*(#|$)' "$lock" >"$reqs"
+for skip in "$@"; do
+  grep -v -i -E "^${skip}==" "$reqs" >"$reqs.tmp" && mv "$reqs.tmp" "$reqs"
+done
+# pip matches a platform tag exactly: offer every manylinux a current x86_64 machine runs.
+platforms=(--platform manylinux1_x86_64 --platform manylinux2010_x86_64 --platform manylinux2014_x86_64)
+for n in $(seq 5 39); do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
+mkdir -p "$dir"
+python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+  --implementation cp --python-version "$ver" "${platforms[@]}" -d "$dir" -r "$reqs"
+echo "wheelhouse: $(ls "$dir" | wc -l) wheels, $(du -sh "$dir" | cut -f1), for Python $ver in $dir" >&2
