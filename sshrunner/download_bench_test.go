@@ -252,6 +252,38 @@ func runCPU(cmd *exec.Cmd) (float64, error) {
 type benchResult struct {
 	seconds []float64
 	cpu     []float64
+	// machine is the CPU seconds of the whole machine during the copy: the client, sshd,
+	// the SFTP server and anything else running. With two cores, a copy that keeps both
+	// busy can be no faster than half of it.
+	machine []float64
+}
+
+// machineCPU is the CPU time the machine has spent busy since boot, in seconds: every
+// field of /proc/stat's cpu line but idle and iowait (in USER_HZ, 100 per second on Linux).
+func machineCPU(b *testing.B) float64 {
+	b.Helper()
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatalf("machine CPU: %v", err)
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		b.Fatalf("machine CPU: unexpected /proc/stat line %q", line)
+	}
+	busy := 0.0
+	// user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+	for i, v := range f[1:min(len(f), 9)] {
+		if i == 3 || i == 4 {
+			continue
+		}
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			b.Fatalf("machine CPU: %q in %q", v, line)
+		}
+		busy += x
+	}
+	return busy / 100
 }
 
 // runBenchRounds runs every method rounds times, interleaved with a rotating order, checks
@@ -267,9 +299,11 @@ func runBenchRounds(b *testing.B, methods []benchMethod, rounds int, src string,
 			}
 			// Earlier copies' dirty pages are not this copy's cost.
 			syscall.Sync()
+			busy0 := machineCPU(b)
 			start := time.Now()
 			cpu, err := methods[m].run(dst)
 			secs := time.Since(start).Seconds()
+			busy := machineCPU(b) - busy0
 			if err != nil {
 				b.Fatalf("%s: %v", methods[m].name, err)
 			}
@@ -279,6 +313,7 @@ func runBenchRounds(b *testing.B, methods []benchMethod, rounds int, src string,
 			}
 			res[m].seconds = append(res[m].seconds, secs)
 			res[m].cpu = append(res[m].cpu, cpu)
+			res[m].machine = append(res[m].machine, busy)
 			b.Logf("round %d %-22s %6.2f s", round+1, methods[m].name, secs)
 		}
 	}
@@ -319,12 +354,13 @@ func reportDownload(b *testing.B, title string, methods []benchMethod, res []ben
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "\n%s: %d bytes (%d MiB) in %d files, median of %d interleaved rounds [min-max]\n",
 		title, total, total>>20, files, len(res[0].seconds))
-	fmt.Fprintf(&sb, "%-22s %8s %21s %8s %9s %13s\n", "method", "verified", "seconds [min-max]", "MB/s", "scp/this", "client CPU s")
+	fmt.Fprintf(&sb, "%-22s %8s %21s %8s %9s %13s %14s\n", "method", "verified", "seconds [min-max]", "MB/s", "scp/this", "client CPU s", "machine CPU s")
 	for i, m := range methods {
 		s, lo, hi := stats(res[i].seconds)
 		c, _, _ := stats(res[i].cpu)
-		fmt.Fprintf(&sb, "%-22s %8v %6.2f [%5.2f-%5.2f] %8.1f %8.2fx %13.2f\n", m.name, m.verified, s, lo, hi,
-			float64(total)/1e6/s, scp/s, c)
+		mc, _, _ := stats(res[i].machine)
+		fmt.Fprintf(&sb, "%-22s %8v %6.2f [%5.2f-%5.2f] %8.1f %8.2fx %13.2f %14.2f\n", m.name, m.verified, s, lo, hi,
+			float64(total)/1e6/s, scp/s, c, mc)
 		b.ReportMetric(s, m.name+"-s")
 	}
 	vsSCP = scp / med[0]
