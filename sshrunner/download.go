@@ -51,14 +51,16 @@ type DownloadOptions struct {
 	ChunkSize      int
 	ParallelChunks int
 	// Connections is how many SSH connections carry the data: this Client's plus
-	// Connections-1 dialled for the download and closed after it; default 1. Sessions is
-	// how many SFTP sessions share them, round robin; default: as many as the measured
-	// round trip needs (sessionsFor), 1 to 4. Chunks of a large file are spread over all
-	// sessions. Each session has its own SSH flow-control window (2 MiB in x/crypto/ssh,
-	// which caps one session at 2 MiB per round trip over a long path) and its own SFTP
-	// server process; each connection its own TCP window, cipher stream and sshd process.
-	// If an extra connection or session cannot be made, the download goes on with those
-	// that could.
+	// Connections-1 dialled (at once) for the download and closed after it; default: as
+	// many as the measured round trip needs (connectionsFor), 1 to 4. Sessions is how many
+	// SFTP sessions share them, round robin; default: as many as the round trip needs
+	// (sessionsFor), 1 to 4. Chunks of a large file are spread over all sessions. Each
+	// session has its own SSH flow-control window (2 MiB in x/crypto/ssh, which caps one
+	// session at 2 MiB per round trip over a long path) and its own SFTP server process;
+	// each connection its own TCP window (a sender's buffer, 4 MiB by Linux's default, caps
+	// one connection at about that per round trip), cipher stream and sshd process. Over
+	// loopback or a LAN both are one. If an extra connection or session cannot be made, the
+	// download goes on with those that could.
 	Connections int
 	Sessions    int
 	// ContentType of the stored objects; default application/octet-stream.
@@ -78,9 +80,6 @@ func (o *DownloadOptions) withDefaults() DownloadOptions {
 	}
 	if r.ParallelChunks <= 0 {
 		r.ParallelChunks = 4
-	}
-	if r.Connections <= 0 {
-		r.Connections = 1
 	}
 	if r.ContentType == "" {
 		r.ContentType = "application/octet-stream"
@@ -131,20 +130,19 @@ func (c *Client) Download(ctx context.Context, remoteDir string, bucket *blob.Bu
 
 	sftps := []*sftp.Client{sc}
 	if totalSize(files) > int64(o.ChunkSize) {
-		if o.Sessions <= 0 {
+		if o.Sessions <= 0 || o.Connections <= 0 {
 			rtt := roundTrip(sc)
-			o.Sessions = sessionsFor(rtt)
-			c.log.Debug("download sessions", "round_trip", rtt, "sessions", o.Sessions)
-		}
-		conns := []*Client{c}
-		for range o.Connections - 1 {
-			extra, err := Dial(ctx, c.target, &c.opts)
-			if err != nil {
-				c.log.Warn("extra connection for download failed, going on without it", "err", err)
-				break
+			if o.Sessions <= 0 {
+				o.Sessions = sessionsFor(rtt)
 			}
+			if o.Connections <= 0 {
+				o.Connections = connectionsFor(rtt)
+			}
+			c.log.Debug("download sessions", "round_trip", rtt, "sessions", o.Sessions, "connections", o.Connections)
+		}
+		conns := append([]*Client{c}, c.dialExtra(ctx, o.Connections-1)...)
+		for _, extra := range conns[1:] {
 			defer extra.Close()
-			conns = append(conns, extra)
 		}
 		for i := 1; i < max(o.Sessions, len(conns)); i++ {
 			esc, edone, err := conns[i%len(conns)].openSFTP(ctx, "download files", sftpOpts...)
@@ -206,13 +204,53 @@ feed:
 	return Manifest{Files: files}, nil
 }
 
-// What sessionsFor sizes the sessions for: a fast cloud link (10 Gbit/s) and one session's
-// SSH flow-control window (2 MiB, x/crypto/ssh's and OpenSSH's).
+// What sessionsFor and connectionsFor size the download for: a fast cloud link
+// (10 Gbit/s), one session's SSH flow-control window (2 MiB, x/crypto/ssh's and OpenSSH's)
+// and one TCP connection's send buffer (4 MiB, Linux's default net.ipv4.tcp_wmem maximum,
+// which bounds the bytes in flight on a connection).
 const (
 	downloadLinkBytesPerSecond = 1.25e9
 	sessionWindowBytes         = 2 << 20
+	connectionWindowBytes      = 4 << 20
 	maxDownloadSessions        = 4
+	maxDownloadConnections     = maxDownloadSessions
 )
+
+// connectionsFor returns how many SSH connections a download over a path with round trip
+// rtt needs: enough TCP windows per round trip to fill the link, 1 to
+// maxDownloadConnections. One within a rack; the cap over a WAN, where a single connection
+// would move at most a send buffer per round trip whatever its sessions. An unknown round
+// trip (0) gets one: extra connections cost handshakes and sshd processes, and a path too
+// fast to measure needs none.
+func connectionsFor(rtt time.Duration) int {
+	if rtt <= 0 {
+		return 1
+	}
+	n := int(math.Ceil(rtt.Seconds() * downloadLinkBytesPerSecond / connectionWindowBytes))
+	return min(max(n, 1), maxDownloadConnections)
+}
+
+// dialExtra dials n more connections to c's machine at once (each handshake is several
+// round trips) and returns those that succeeded; a failure is logged, not returned.
+func (c *Client) dialExtra(ctx context.Context, n int) []*Client {
+	if n <= 0 {
+		return nil
+	}
+	got := make([]*Client, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			extra, err := Dial(ctx, c.target, &c.opts)
+			if err != nil {
+				c.log.Warn("extra connection for download failed, going on without it", "err", err)
+				return
+			}
+			got[i] = extra
+		})
+	}
+	wg.Wait()
+	return slices.DeleteFunc(got, func(x *Client) bool { return x == nil })
+}
 
 // sessionsFor returns how many SFTP sessions a download over a path with round trip rtt
 // needs: one session moves at most a window per round trip, so enough windows to fill the

@@ -85,10 +85,11 @@ func openBucket(t *testing.T) (*blob.Bucket, string) {
 	return b, dir
 }
 
-// sessionLog records the number of SFTP sessions Download chose.
+// sessionLog records the numbers of SFTP sessions and SSH connections Download chose.
 type sessionLog struct {
-	mu       sync.Mutex
-	sessions []int64
+	mu          sync.Mutex
+	sessions    []int64
+	connections []int64
 }
 
 func (h *sessionLog) Enabled(context.Context, slog.Level) bool { return true }
@@ -96,9 +97,13 @@ func (h *sessionLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
 func (h *sessionLog) WithGroup(string) slog.Handler            { return h }
 func (h *sessionLog) Handle(_ context.Context, r slog.Record) error {
 	r.Attrs(func(a slog.Attr) bool {
-		if r.Message == "download sessions" && a.Key == "sessions" {
+		if r.Message == "download sessions" && (a.Key == "sessions" || a.Key == "connections") {
 			h.mu.Lock()
-			h.sessions = append(h.sessions, a.Value.Int64())
+			if a.Key == "sessions" {
+				h.sessions = append(h.sessions, a.Value.Int64())
+			} else {
+				h.connections = append(h.connections, a.Value.Int64())
+			}
 			h.mu.Unlock()
 		}
 		return true
@@ -106,8 +111,9 @@ func (h *sessionLog) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
-// Without Sessions set, Download sizes its sessions by the measured round trip: one over
-// loopback, where more only compete for the CPU, the most over a long path.
+// Without Sessions and Connections set, Download sizes both by the measured round trip:
+// one over loopback, where more only compete for the CPU, the most over a long path, where
+// one TCP connection's window would be the limit; and it dials the connections it chose.
 func TestDownloadSessionsFollowTheRoundTrip(t *testing.T) {
 	t.Parallel()
 	srv := sshdtest.Start(t)
@@ -121,9 +127,11 @@ func TestDownloadSessionsFollowTheRoundTrip(t *testing.T) {
 		// machine is so busy that a request takes more than ~1.7 ms (sessionsFor's table is
 		// its own test).
 		least, most int64
+		// The connections chosen (connectionsFor's table is its own test).
+		connections int64
 	}{
-		{"loopback", srv.Port, 1, 2},
-		{"30 ms round trip", delayed.port(), 4, 4},
+		{"loopback", srv.Port, 1, 2, 1},
+		{"30 ms round trip", delayed.port(), 4, 4, 4},
 	} {
 		log := &sessionLog{}
 		target := srv.Target()
@@ -142,6 +150,13 @@ func TestDownloadSessionsFollowTheRoundTrip(t *testing.T) {
 		if len(log.sessions) != 1 || log.sessions[0] < tc.least || log.sessions[0] > tc.most {
 			t.Errorf("%s: sessions chosen %v, want %d to %d", tc.name, log.sessions, tc.least, tc.most)
 		}
+		if len(log.connections) != 1 || log.connections[0] != tc.connections {
+			t.Errorf("%s: connections chosen %v, want %d", tc.name, log.connections, tc.connections)
+		}
+	}
+	// Over the long path: Dial's connection and the three Download added.
+	if n := delayed.accepted(); n != 4 {
+		t.Errorf("the long path carried %d connections, want 4", n)
 	}
 }
 

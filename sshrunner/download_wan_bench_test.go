@@ -30,6 +30,9 @@ import (
 const (
 	wanDelay = 20 * time.Millisecond
 	wanRate  = "1gbit"
+	// wanRateBytes is wanRate for the delay line of UNDERSTUDY_WAN_DELAY=tun (tc's gbit is
+	// 10^9 bits per second).
+	wanRateBytes = 1e9 / 8
 	// wanNamePrefix names this benchmark's network namespaces: wanNamePrefix + the
 	// benchmark process's id, so that a run can tell its own from a crashed run's.
 	wanNamePrefix = "usbench-"
@@ -51,19 +54,23 @@ var wanFiles = func() []benchFile {
 // verification kept, at least 1.5x scp raw. Needs root (ip netns, tc) and a kernel with
 // sch_netem; it fails, never skips, where either is missing.
 //
-// UNDERSTUDY_WAN_DELAY=proxy emulates the delay in user space instead, for kernels without
-// netem: the rate limit stays in the kernel (tc tbf on the veth pair) and a TCP relay in
-// this process holds every byte 20 ms in each direction. That relay terminates TCP, so TCP's
-// own congestion window never sees the delay, only the SSH and SFTP windows do: its figures
-// are indicative, not the netem measurement.
+// For kernels without netem, two user-space emulations:
+//   - UNDERSTUDY_WAN_DELAY=tun: the namespace is joined by two TUN devices instead of the veth
+//     pair, and a delay line in this process moves every IP packet between them after the
+//     time it would take on the link (1 Gbit/s, then 20 ms, each way; wanlink_bench_test.go).
+//     Connections stay end to end, so TCP sees the round trip as it does with netem.
+//   - UNDERSTUDY_WAN_DELAY=proxy: the rate limit stays in the kernel (tc tbf on the veth
+//     pair) and a TCP relay in this process holds every byte 20 ms in each direction. That
+//     relay terminates TCP, so TCP's own congestion window never sees the delay, only the
+//     SSH and SFTP windows do: its figures are indicative only.
 func BenchmarkDownloadWAN(b *testing.B) {
 	delay := os.Getenv("UNDERSTUDY_WAN_DELAY")
 	switch delay {
 	case "", "netem":
 		delay = "netem"
-	case "proxy":
+	case "proxy", "tun":
 	default:
-		b.Fatalf("UNDERSTUDY_WAN_DELAY=%q: want netem (default) or proxy", delay)
+		b.Fatalf("UNDERSTUDY_WAN_DELAY=%q: want netem (default), tun or proxy", delay)
 	}
 	if os.Geteuid() != 0 {
 		b.Fatal("BenchmarkDownloadWAN needs root: it creates a network namespace and tc qdiscs")
@@ -73,15 +80,16 @@ func BenchmarkDownloadWAN(b *testing.B) {
 			b.Fatalf("%s is required (Debian: apt-get install iproute2; make deps installs it): %v", tool, err)
 		}
 	}
-	n := newWANNet(b)
-	if delay == "netem" {
+	n := newWANNet(b, delay == "tun")
+	switch delay {
+	case "netem":
 		netem := []string{"netem", "delay", wanDelay.String(), "rate", wanRate, "limit", "100000"}
 		if err := n.qdisc(b, netem...); err != nil {
 			b.Fatalf("tc netem is not available on this kernel (CONFIG_NET_SCH_NETEM), so the WAN case "+
 				"cannot be emulated in the kernel: %v\nUNDERSTUDY_WAN_DELAY=proxy emulates the delay in user space "+
 				"instead (indicative figures, see the benchmark's doc comment)", err)
 		}
-	} else {
+	case "proxy":
 		// tbf: the rate in the kernel; the relay below adds the delay.
 		if err := n.qdisc(b, "tbf", "rate", wanRate, "burst", "512kb", "latency", "100ms"); err != nil {
 			b.Fatalf("tc tbf: %v", err)
@@ -97,7 +105,9 @@ func BenchmarkDownloadWAN(b *testing.B) {
 	want, total := writeBenchFiles(b, src, wanFiles)
 	methods := []benchMethod{
 		downloadMethod("sshrunner", srv, src, want, nil),
-		downloadMethod("sshrunner-1sess", srv, src, want, &sshrunner.DownloadOptions{Sessions: 1}),
+		// One connection carrying the sessions, and one session: what earlier defaults chose.
+		downloadMethod("sshrunner-1conn", srv, src, want, &sshrunner.DownloadOptions{Connections: 1}),
+		downloadMethod("sshrunner-1sess", srv, src, want, &sshrunner.DownloadOptions{Sessions: 1, Connections: 1}),
 		scpMethod(srv, src),
 		scpSHA256Method(srv, src, want),
 	}
@@ -124,7 +134,8 @@ func lookTool(name string) (string, error) {
 	return "", fmt.Errorf("%s not found in PATH, /usr/sbin or /sbin", name)
 }
 
-// wanNet is a network namespace joined to this one by a veth pair.
+// wanNet is a network namespace joined to this one by a veth pair, or by two TUN devices
+// and a delay line.
 type wanNet struct {
 	ns       string // namespace name
 	hostLink string // veth end in this namespace
@@ -146,10 +157,11 @@ func runTool(b *testing.B, name string, args ...string) error {
 	return nil
 }
 
-// newWANNet creates the namespace and veth pair, named after this process, and removes them
+// newWANNet creates the namespace and veth pair (with tun, the TUN devices and their delay
+// line instead), named after this process, and removes them
 // (and every process left in the namespace) when b ends, whatever the outcome. It first
 // removes what a crashed earlier run of this benchmark left.
-func newWANNet(b *testing.B) *wanNet {
+func newWANNet(b *testing.B, tun bool) *wanNet {
 	removeStaleNamespaces(b)
 	pid := os.Getpid()
 	n := &wanNet{
@@ -170,6 +182,23 @@ func newWANNet(b *testing.B) *wanNet {
 		{"-n", n.ns, "addr", "add", n.nsIP + "/30", "dev", n.nsLink},
 		{"-n", n.ns, "link", "set", n.nsLink, "up"},
 		{"-n", n.ns, "link", "set", "lo", "up"},
+	}
+	if tun {
+		// Two TUN devices and this process's delay line instead of the veth pair: created
+		// here, the namespace's end then moved into it, each end addressed point to point.
+		if err := runTool(b, "ip", "netns", "add", n.ns); err != nil {
+			b.Fatalf("set up the WAN namespace: %v", err)
+		}
+		startTUNLink(b, n.hostLink, n.nsLink, wanRateBytes, wanDelay)
+		mtu, qlen := strconv.Itoa(tunMTU), strconv.Itoa(tunQueueLimit)
+		steps = [][]string{
+			{"link", "set", n.nsLink, "netns", n.ns},
+			{"addr", "add", n.hostIP, "peer", n.nsIP, "dev", n.hostLink},
+			{"link", "set", n.hostLink, "mtu", mtu, "txqueuelen", qlen, "up"},
+			{"-n", n.ns, "addr", "add", n.nsIP, "peer", n.hostIP, "dev", n.nsLink},
+			{"-n", n.ns, "link", "set", n.nsLink, "mtu", mtu, "txqueuelen", qlen, "up"},
+			{"-n", n.ns, "link", "set", "lo", "up"},
+		}
 	}
 	for _, s := range steps {
 		if err := runTool(b, "ip", s...); err != nil {

@@ -109,6 +109,13 @@ func startDelayProxy(t testing.TB, target string, delay time.Duration) *proxy {
 
 func (p *proxy) port() int { return p.l.Addr().(*net.TCPAddr).Port }
 
+// accepted is how many connections the proxy has forwarded.
+func (p *proxy) accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns) / 2
+}
+
 func (p *proxy) serve() {
 	defer p.wg.Done()
 	for {
