@@ -114,8 +114,8 @@ demo: deps build pyenv build/tiny-gpt2/config.json
 
 ## bench: control-plane overhead, weight download (loopback, and a WAN emulated with a network
 ## namespace and tc netem: needs root and a kernel with sch_netem, and fails where either is
-## missing; UNDERSTUDY_WAN_DELAY=proxy emulates the delay in user space instead) and
-## concurrency benchmarks.
+## missing; UNDERSTUDY_WAN_DELAY=tun emulates the path with TUN devices and a delay line in
+## user space instead, =proxy with a TCP relay) and concurrency benchmarks.
 bench: deps build pyenv build/tiny-gpt2/config.json bench-go
 
 bench-go:
