@@ -220,8 +220,8 @@ const (
 // rtt needs: enough TCP windows per round trip to fill the link, 1 to
 // maxDownloadConnections. One within a rack; the cap over a WAN, where a single connection
 // would move at most a send buffer per round trip whatever its sessions. An unknown round
-// trip (0) gets one: extra connections cost handshakes and sshd processes, and a path too
-// fast to measure needs none.
+// trip (0: the probe failed) gets one: extra connections cost handshakes and sshd processes
+// on a machine that is already failing requests.
 func connectionsFor(rtt time.Duration) int {
 	if rtt <= 0 {
 		return 1

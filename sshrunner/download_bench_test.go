@@ -180,7 +180,10 @@ func pipeSHA256Method(s benchServer, src string, want map[string]string) benchMe
 				}
 				remote := "cat -- " + shellQuote(filepath.Join(src, filepath.FromSlash(f)))
 				script := `set -o pipefail; "$@" | tee -- "$0" | sha256sum`
-				cmd := exec.Command("bash", append([]string{"-c", script, local, "ssh"}, append(ssh, remote)...)...)
+				// A new slice: every goroutine shares ssh's array, and appending into its spare
+				// capacity once let one file's command take another's (a 4 KiB file's bytes
+				// stored as a 50 MiB one, failing this peer's own check now and then).
+				cmd := exec.Command("bash", slices.Concat([]string{"-c", script, local, "ssh"}, ssh, []string{remote})...)
 				out, err := cmd.Output()
 				mu.Lock()
 				defer mu.Unlock()
@@ -197,8 +200,39 @@ func pipeSHA256Method(s benchServer, src string, want map[string]string) benchMe
 		if first != nil {
 			return 0, first
 		}
-		return cpu, checkSums(sums, want)
+		if err := checkSums(sums, want); err != nil {
+			return 0, fmt.Errorf("%v (%s)", err, describeCopies(root, src, want))
+		}
+		return cpu, nil
 	}}
+}
+
+// describeCopies says, for each file whose copy under root differs from the source under
+// src, both sizes and the copy's sha256: whether a failed peer lost bytes, or changed them.
+func describeCopies(root, src string, want map[string]string) string {
+	var parts []string
+	for _, p := range benchFileNames(want) {
+		local := filepath.Join(root, filepath.FromSlash(p))
+		f, err := os.Open(local)
+		if err != nil {
+			parts = append(parts, fmt.Sprintf("%s: %v", p, err))
+			continue
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, f)
+		f.Close()
+		if sum := hex.EncodeToString(h.Sum(nil)); err != nil || sum != want[p] {
+			srcSize := int64(-1)
+			if st, err := os.Stat(filepath.Join(src, filepath.FromSlash(p))); err == nil {
+				srcSize = st.Size()
+			}
+			parts = append(parts, fmt.Sprintf("%s: copy %d bytes, sha256 %s; source %d bytes", p, n, sum, srcSize))
+		}
+	}
+	if len(parts) == 0 {
+		return "every copy tee wrote matches its source"
+	}
+	return strings.Join(parts, "; ")
 }
 
 func firstErr(first, err error) error {
