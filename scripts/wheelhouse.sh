@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Downloads the wheels of trainer/bench/requirements-lock.txt (everything the runtime and
 # its benchmarks import, PyTorch left out) for Linux x86_64 and one Python version into DIR,
-# so that scripts/benchsite.sh can install them with UNDERSTUDY_WHEELS=DIR on a GPU machine
-# that has PyTorch but cannot reach PyPI.
+# so that scripts/benchenv.sh (UNDERSTUDY_TORCH_PYTHON=..., UNDERSTUDY_WHEELS=DIR) can install
+# them on a GPU machine that has PyTorch but cannot reach PyPI.
 #
-#   scripts/wheelhouse.sh DIR [PYTHON_VERSION]     (default 3.12)
+#   scripts/wheelhouse.sh DIR [PYTHON_VERSION [PACKAGE...]]     (default 3.12)
 #
-# Add a package's name after the version to leave it out when the target machine has a
-# version that will do (each one left out is then the machine's).
+# Name packages after the version to leave them out where the target machine has versions
+# that will do; list them in UNDERSTUDY_MACHINE_PACKAGES there too, so that benchenv.sh
+# leaves them to the machine.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-[ $# -ge 1 ] || { echo "usage: scripts/wheelhouse.sh DIR [PYTHON_VERSION [SKIP...]]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: scripts/wheelhouse.sh DIR [PYTHON_VERSION [PACKAGE...]]" >&2; exit 2; }
 dir=$1
 ver=${2:-3.12}
 shift $(( $# >= 2 ? 2 : 1 ))

@@ -62,6 +62,16 @@ func openTUN(name string) (*os.File, error) {
 func startTUNLink(tb testing.TB, a, b string, rate float64, delay time.Duration) *tunLink {
 	tb.Helper()
 	l := &tunLink{}
+	// Registered first, so that a device made before a failure goes away too.
+	tb.Cleanup(func() {
+		for _, f := range l.devs {
+			if f != nil {
+				_ = f.Close()
+			}
+		}
+		l.wg.Wait()
+		tb.Logf("delay line: %d packets moved, %d dropped at its queue limit", l.sent.Load(), l.drops.Load())
+	})
 	for i, name := range []string{a, b} {
 		f, err := openTUN(name)
 		if err != nil {
@@ -69,13 +79,6 @@ func startTUNLink(tb testing.TB, a, b string, rate float64, delay time.Duration)
 		}
 		l.devs[i] = f
 	}
-	tb.Cleanup(func() {
-		for _, f := range l.devs {
-			_ = f.Close()
-		}
-		l.wg.Wait()
-		tb.Logf("delay line: %d packets moved, %d dropped at its queue limit", l.sent.Load(), l.drops.Load())
-	})
 	l.pump(l.devs[0], l.devs[1], rate, delay)
 	l.pump(l.devs[1], l.devs[0], rate, delay)
 	return l
