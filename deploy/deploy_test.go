@@ -168,16 +168,11 @@ func TestImageRunsAsNonRootWithWhatALocalJobNeeds(t *testing.T) {
 	}
 }
 
-// healthcheckCommand is the shell command of the Dockerfile's HEALTHCHECK, continuation
-// lines joined as Docker joins them.
-func healthcheckCommand(t *testing.T) string {
+// healthcheckCommand is the shell command of dockerfile's HEALTHCHECK, continuation lines
+// joined as Docker joins them.
+func healthcheckCommand(t *testing.T, dockerfile string) string {
 	t.Helper()
-	raw, err := os.ReadFile("Dockerfile")
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := strings.ReplaceAll(string(raw), "\\\n", "")
-	for _, l := range strings.Split(text, "\n") {
+	for _, l := range strings.Split(strings.ReplaceAll(dockerfile, "\\\n", ""), "\n") {
 		if rest, ok := strings.CutPrefix(l, "HEALTHCHECK "); ok {
 			_, cmd, ok := strings.Cut(rest, " CMD ")
 			if !ok {
@@ -210,7 +205,7 @@ func TestImageHealthcheckFollowsTheListenAddress(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Fatalf("curl is needed to run the image's HEALTHCHECK (make deps installs it): %v", err)
 	}
-	cmd := healthcheckCommand(t)
+	cmd := healthcheckCommand(t, text)
 
 	var (
 		mu    sync.Mutex

@@ -82,13 +82,16 @@ if ! ready && [ -n "$torchpy" ]; then
   purelib=$("$tmp/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   "$torchpy" -c 'import os, torch; print(os.path.dirname(os.path.dirname(os.path.realpath(torch.__file__))))' \
     >"$purelib/understudy-machine-torch.pth"
-  grep -v -E '^[[:space:]]*(#|$)' "$lock" >"$tmp/requirements-lock.txt"
+  keep=()
   for pkg in ${UNDERSTUDY_MACHINE_PACKAGES-numpy}; do
     if have=$("$torchpy" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$pkg" 2>/dev/null); then
-      grep -v -i -E "^${pkg}==" "$tmp/requirements-lock.txt" >"$tmp/requirements.tmp" && mv "$tmp/requirements.tmp" "$tmp/requirements-lock.txt"
+      keep+=("$pkg")
       log "keeping the machine's $pkg $have"
     fi
   done
+  # shellcheck source=lib/lock.sh
+  . "$root/scripts/lib/lock.sh"
+  lock_pins "$lock" "${keep[@]}" >"$tmp/requirements-lock.txt"
   src=()
   if [ -n "${UNDERSTUDY_WHEELS:-}" ]; then
     log "installing from the wheelhouse $UNDERSTUDY_WHEELS (no network)"

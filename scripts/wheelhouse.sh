@@ -16,12 +16,11 @@ dir=$1
 ver=${2:-3.12}
 shift $(( $# >= 2 ? 2 : 1 ))
 lock="$root/trainer/bench/requirements-lock.txt"
+# shellcheck source=lib/lock.sh
+. "$root/scripts/lib/lock.sh"
 reqs=$(mktemp)
 trap 'rm -f "$reqs"' EXIT
-grep -v -E '^[[:space:]]*(#|$)' "$lock" >"$reqs"
-for skip in "$@"; do
-  grep -v -i -E "^${skip}==" "$reqs" >"$reqs.tmp" && mv "$reqs.tmp" "$reqs"
-done
+lock_pins "$lock" "$@" >"$reqs"
 # pip matches a platform tag exactly: offer every manylinux a current x86_64 machine runs.
 platforms=(--platform manylinux1_x86_64 --platform manylinux2010_x86_64 --platform manylinux2014_x86_64)
 for n in $(seq 5 39); do platforms+=(--platform "manylinux_2_${n}_x86_64"); done

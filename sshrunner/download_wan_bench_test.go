@@ -173,38 +173,37 @@ func newWANNet(b *testing.B, tun bool) *wanNet {
 	}
 	// Registered before anything is created, so that a failure half-way still cleans up.
 	b.Cleanup(func() { removeNamespace(b, n.ns, n.hostLink) })
-	steps := [][]string{
-		{"netns", "add", n.ns},
-		{"link", "add", n.hostLink, "type", "veth", "peer", "name", n.nsLink},
-		{"link", "set", n.nsLink, "netns", n.ns},
-		{"addr", "add", n.hostIP + "/30", "dev", n.hostLink},
-		{"link", "set", n.hostLink, "up"},
-		{"-n", n.ns, "addr", "add", n.nsIP + "/30", "dev", n.nsLink},
-		{"-n", n.ns, "link", "set", n.nsLink, "up"},
-		{"-n", n.ns, "link", "set", "lo", "up"},
+	setUp := func(steps ...[]string) {
+		for _, s := range steps {
+			if err := runTool(b, "ip", s...); err != nil {
+				b.Fatalf("set up the WAN namespace: %v", err)
+			}
+		}
 	}
+	setUp([]string{"netns", "add", n.ns})
 	if tun {
 		// Two TUN devices and this process's delay line instead of the veth pair: created
 		// here, the namespace's end then moved into it, each end addressed point to point.
-		if err := runTool(b, "ip", "netns", "add", n.ns); err != nil {
-			b.Fatalf("set up the WAN namespace: %v", err)
-		}
 		startTUNLink(b, n.hostLink, n.nsLink, wanRateBytes, wanDelay)
 		mtu, qlen := strconv.Itoa(tunMTU), strconv.Itoa(tunQueueLimit)
-		steps = [][]string{
-			{"link", "set", n.nsLink, "netns", n.ns},
-			{"addr", "add", n.hostIP, "peer", n.nsIP, "dev", n.hostLink},
-			{"link", "set", n.hostLink, "mtu", mtu, "txqueuelen", qlen, "up"},
-			{"-n", n.ns, "addr", "add", n.nsIP, "peer", n.hostIP, "dev", n.nsLink},
-			{"-n", n.ns, "link", "set", n.nsLink, "mtu", mtu, "txqueuelen", qlen, "up"},
-			{"-n", n.ns, "link", "set", "lo", "up"},
-		}
+		setUp(
+			[]string{"link", "set", n.nsLink, "netns", n.ns},
+			[]string{"addr", "add", n.hostIP, "peer", n.nsIP, "dev", n.hostLink},
+			[]string{"link", "set", n.hostLink, "mtu", mtu, "txqueuelen", qlen, "up"},
+			[]string{"-n", n.ns, "addr", "add", n.nsIP, "peer", n.hostIP, "dev", n.nsLink},
+			[]string{"-n", n.ns, "link", "set", n.nsLink, "mtu", mtu, "txqueuelen", qlen, "up"},
+		)
+	} else {
+		setUp(
+			[]string{"link", "add", n.hostLink, "type", "veth", "peer", "name", n.nsLink},
+			[]string{"link", "set", n.nsLink, "netns", n.ns},
+			[]string{"addr", "add", n.hostIP + "/30", "dev", n.hostLink},
+			[]string{"link", "set", n.hostLink, "up"},
+			[]string{"-n", n.ns, "addr", "add", n.nsIP + "/30", "dev", n.nsLink},
+			[]string{"-n", n.ns, "link", "set", n.nsLink, "up"},
+		)
 	}
-	for _, s := range steps {
-		if err := runTool(b, "ip", s...); err != nil {
-			b.Fatalf("set up the WAN namespace: %v", err)
-		}
-	}
+	setUp([]string{"-n", n.ns, "link", "set", "lo", "up"})
 	return n
 }
 
