@@ -20,7 +20,8 @@ DASHBOARD_SOURCES := $(shell find dashboard/web -type f -not -path '*/node_modul
 
 ## deps: Debian packages the service and its tests use (OpenSSH server and clients, curl;
 ## Node.js and npm for the dashboard's build and the Azure Storage emulator; Chromium for the
-## dashboard's browser test; iproute2's ip and tc for the WAN download benchmark).
+## dashboard's browser test; iproute2's ip and tc for the WAN download benchmark; PostgreSQL's
+## server for the PostgreSQL store's tests, which run their own throwaway server).
 deps:
 	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v curl >/dev/null || ! command -v sftp >/dev/null; then \
 	  echo "installing openssh-server, openssh-client, curl"; \
@@ -33,6 +34,12 @@ deps:
 	@if ! command -v chromium >/dev/null; then \
 	  echo "installing chromium"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	fi
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  echo "installing postgresql (its server binaries; no cluster is created or started)"; \
+	  $(SUDO) mkdir -p /etc/postgresql-common/createcluster.d && \
+	  echo "create_main_cluster = false" | $(SUDO) tee /etc/postgresql-common/createcluster.d/understudy.conf >/dev/null && \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; \
 	fi
 	@if ! PATH="$$PATH:/usr/sbin:/sbin" command -v ip >/dev/null || ! PATH="$$PATH:/usr/sbin:/sbin" command -v tc >/dev/null; then \
 	  echo "installing iproute2"; \

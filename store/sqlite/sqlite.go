@@ -6,11 +6,9 @@ import (
 	"context"
 	"database/sql"
 	"embed"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -121,9 +119,9 @@ func (s *Store) SessionRevoked(ctx context.Context, id string) (bool, error) {
 
 func (s *Store) JobCreate(ctx context.Context, j *job.Job) error {
 	j.Revision = 1
-	data, err := json.Marshal(record(j))
+	data, err := store.EncodeJob(j)
 	if err != nil {
-		return fmt.Errorf("encode job: %w", err)
+		return err
 	}
 	_, err = s.db.ExecContext(ctx,
 		`INSERT INTO jobs (train_id, endpoint_id, status, created_at, revision, data) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -158,13 +156,7 @@ func scanJob(row scanner) (*job.Job, error) {
 		}
 		return nil, job.Wrap(job.CodeUnavailable, err, "read job")
 	}
-	var r jobRecord
-	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, job.Wrap(job.CodeInternal, err, "decode job")
-	}
-	j := r.job()
-	j.Revision = rev
-	return j, nil
+	return store.DecodeJob(data, rev)
 }
 
 func (s *Store) JobList(ctx context.Context, p store.JobListParams) ([]*job.Job, string, error) {
@@ -190,7 +182,7 @@ func (s *Store) JobList(ctx context.Context, p store.JobListParams) ([]*job.Job,
 		args = append(args, p.EndpointID)
 	}
 	if p.Cursor != "" {
-		ts, id, err := decodeCursor(p.Cursor)
+		ts, id, err := store.DecodeCursor(p.Cursor)
 		if err != nil {
 			return nil, "", err
 		}
@@ -223,30 +215,9 @@ func (s *Store) JobList(ctx context.Context, p store.JobListParams) ([]*job.Job,
 	if len(out) > limit {
 		out = out[:limit]
 		last := out[len(out)-1]
-		next = encodeCursor(last.CreatedAt.UnixNano(), last.TrainID)
+		next = store.EncodeCursor(last.CreatedAt.UnixNano(), last.TrainID)
 	}
 	return out, next, nil
-}
-
-func encodeCursor(ts int64, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(ts, 10) + "|" + id))
-}
-
-func decodeCursor(c string) (int64, string, error) {
-	bad := &job.Error{Code: job.CodeInvalidArgument, Reason: "invalid_cursor", Message: "the page cursor is not valid"}
-	raw, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil {
-		return 0, "", bad
-	}
-	ts, id, ok := strings.Cut(string(raw), "|")
-	if !ok {
-		return 0, "", bad
-	}
-	n, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return 0, "", bad
-	}
-	return n, id, nil
 }
 
 func (s *Store) JobUpdate(ctx context.Context, j *job.Job) error {
@@ -272,9 +243,9 @@ func (s *Store) JobUpdate(ctx context.Context, j *job.Job) error {
 			return err
 		}
 	}
-	data, err := json.Marshal(record(j))
+	data, err := store.EncodeJob(j)
 	if err != nil {
-		return fmt.Errorf("encode job: %w", err)
+		return err
 	}
 	res, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?, revision = ?, data = ? WHERE train_id = ? AND revision = ?`,
 		string(j.Status), rev+1, data, j.TrainID, rev)

@@ -246,6 +246,57 @@ func Run(t *testing.T, open Opener) {
 		}
 	})
 
+	// A runtime's stderr and error messages are not always clean text: a NUL byte or bytes
+	// that are not UTF-8 must come back as they went in, not fail the write.
+	t.Run("RawBytesInLogsAndEvents", func(t *testing.T) {
+		s := open(t)
+		raw := "nul\x00 bad\xff\xfe utf-8 é"
+		if _, err := s.LogAppend(ctx, "raw", []store.LogLine{{Stream: "stderr", Text: raw}}); err != nil {
+			t.Fatalf("append a log line with raw bytes: %v", err)
+		}
+		if got, err := s.LogList(ctx, "raw", 0, 0); err != nil || len(got) != 1 || got[0].Text != raw {
+			t.Fatalf("log lines = %+v, %v; want one holding %q", got, err, raw)
+		}
+		if _, err := s.EventAppend(ctx, job.Event{TrainID: "raw", Type: "error", Message: raw}); err != nil {
+			t.Fatalf("append an event with raw bytes: %v", err)
+		}
+		if evs, err := s.EventList(ctx, "raw"); err != nil || len(evs) != 1 || evs[0].Message != raw {
+			t.Fatalf("events = %+v, %v; want the message %q", evs, err, raw)
+		}
+	})
+
+	// Appends to one job's log from several goroutines (the log follower and the driver)
+	// never reuse a sequence number.
+	t.Run("ConcurrentLogAppends", func(t *testing.T) {
+		s := open(t)
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for i := range 8 {
+			wg.Go(func() {
+				for k := range 5 {
+					if _, err := s.LogAppend(ctx, "many", []store.LogLine{{Stream: "service", Text: fmt.Sprintf("%d-%d", i, k)}, {Stream: "service", Text: "x"}}); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("concurrent append: %v", err)
+		}
+		got, err := s.LogList(ctx, "many", 0, 0)
+		if err != nil || len(got) != 80 {
+			t.Fatalf("lines = %d, %v; want 80", len(got), err)
+		}
+		for i, l := range got {
+			if l.Seq != int64(i+1) {
+				t.Fatalf("line %d has seq %d", i, l.Seq)
+			}
+		}
+	})
+
 	t.Run("RevokedSessions", func(t *testing.T) {
 		s := open(t)
 		now := time.Now()
