@@ -35,11 +35,11 @@ type LeadOptions struct {
 type Lease struct {
 	Epoch int64
 
-	s        *Store
-	conn     *pgx.Conn
-	lost     chan struct{}
-	stop     chan struct{}
-	done     chan struct{}
+	s           *Store
+	conn        *pgx.Conn
+	lost        chan struct{}
+	stop        chan struct{}
+	done        chan struct{}
 	loseOnce    sync.Once
 	releaseOnce sync.Once
 }
