@@ -307,3 +307,19 @@ func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.ServeHTTP(w, r)
 }
+
+// Standby is the whole API of a replica that waits to lead (several replicas on one
+// PostgreSQL store; only the leader drives jobs and answers): /healthz is ok, so that the
+// process is not restarted, and /readyz and every other path answer 503 with the reason
+// "standby", so that a load balancer sends requests to the leader.
+func Standby() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" && r.Method == http.MethodGet {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "role": "standby"})
+			return
+		}
+		w.Header().Set("Retry-After", "5")
+		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: ErrorDetail{Code: "standby",
+			Message: "this replica is standing by: another replica leads the job store and answers the API"}})
+	})
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // lockName is the file in the data dir that one serve process holds locked.
@@ -45,7 +47,7 @@ func prepareDataDir(dir string, log *slog.Logger) (release func(), err error) {
 		}
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("data dir %s is in use by another understudy-train serve (%s): stop it first, or give this one another --data-dir", dir, holder)
+			return nil, &dataDirInUseError{fmt.Sprintf("data dir %s is in use by another understudy-train serve (%s): stop it first, or give this one another --data-dir", dir, holder)}
 		}
 		return nil, fmt.Errorf("lock data dir %s: %w", dir, err)
 	}
@@ -57,4 +59,28 @@ func prepareDataDir(dir string, log *slog.Logger) (release func(), err error) {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		f.Close()
 	}, nil
+}
+
+// dataDirInUseError is prepareDataDir's error when another process holds the lock.
+type dataDirInUseError struct{ msg string }
+
+func (e *dataDirInUseError) Error() string { return e.msg }
+
+// prepareDataDirWaiting is prepareDataDir, waiting up to wait for another process to let
+// the lock go: a replica that has just taken the lead of a shared store waits so for the
+// previous leader, which shared its data dir, to finish stopping.
+func prepareDataDirWaiting(ctx context.Context, dir string, log *slog.Logger, wait time.Duration) (func(), error) {
+	deadline := time.Now().Add(wait)
+	for {
+		release, err := prepareDataDir(dir, log)
+		var inUse *dataDirInUseError
+		if !errors.As(err, &inUse) || time.Now().After(deadline) {
+			return release, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }

@@ -28,13 +28,26 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		"--max-attempts":     func(c *Config) { c.MaxAttempts = -1 },
 		"--checkpoint-every": func(c *Config) { c.CheckpointEvery = time.Millisecond },
 		"--hub-endpoint":     func(c *Config) { c.HubEndpoint = "huggingface.co" },
+		"--store-url":        func(c *Config) { c.StoreURL = "postgres://svc:hunter2@db/jobs" },
 	}
 	for field, mutate := range cases {
 		c := good
 		mutate(&c)
-		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), field) {
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), field) || strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("%s: got %v", field, err)
 		}
+	}
+	for _, u := range []string{"sqlite:///x.db", "mysql://svc@db/jobs", "postgresql://svc@db/jobs?password=hunter2"} {
+		c := good
+		c.StoreURL = u
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--store-url") || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("--store-url %s: got %v", u, err)
+		}
+	}
+	c := good
+	c.StoreURL = "postgres://svc@db.internal:5432/jobs?sslmode=verify-full"
+	if err := c.Validate(); err != nil {
+		t.Errorf("a PostgreSQL URL without a password: %v", err)
 	}
 }
 

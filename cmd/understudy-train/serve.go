@@ -15,18 +15,22 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/understudy-ai/training-service/api"
 	"github.com/understudy-ai/training-service/dataset"
 	"github.com/understudy-ai/training-service/internal/hubcheck"
 	"github.com/understudy-ai/training-service/internal/sysuser"
+	"github.com/understudy-ai/training-service/job"
 	"github.com/understudy-ai/training-service/lifecycle"
 	"github.com/understudy-ai/training-service/metrics"
 	"github.com/understudy-ai/training-service/programs"
 	"github.com/understudy-ai/training-service/provider/cloudapi"
 	"github.com/understudy-ai/training-service/stacks"
 	"github.com/understudy-ai/training-service/storage"
+	"github.com/understudy-ai/training-service/store"
+	"github.com/understudy-ai/training-service/store/postgres"
 	"github.com/understudy-ai/training-service/store/sqlite"
 	"github.com/understudy-ai/training-service/trainer"
 	"github.com/understudy-ai/training-service/webhook"
@@ -34,8 +38,11 @@ import (
 
 // Config is the service's configuration: defaults in code, flags and environment on top.
 type Config struct {
-	Listen        string
-	DataDir       string
+	Listen  string
+	DataDir string
+	// StoreURL is the job store: "" for SQLite in the data dir, or a postgres:// URL that
+	// several replicas share (one leads, the others stand by).
+	StoreURL      string
 	TokenFile     string
 	PublicURL     string
 	MaxConcurrent int
@@ -83,6 +90,11 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return errors.New("--data-dir must not be empty")
+	}
+	if c.StoreURL != "" {
+		if _, err := postgres.ParseURL(c.StoreURL); err != nil {
+			return fmt.Errorf("--store-url: %s", job.MessageOf(err))
+		}
 	}
 	if c.MaxConcurrent < 1 || c.MaxConcurrent > 1000 {
 		return fmt.Errorf("--max-concurrent %d: want 1..1000", c.MaxConcurrent)
@@ -151,6 +163,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fs.StringVar(&cfg.Listen, "listen", envOr("UNDERSTUDY_LISTEN", "127.0.0.1:8080"), "address to listen on")
 	fs.StringVar(&cfg.DataDir, "data-dir", envOr("UNDERSTUDY_DATA_DIR", "./.understudy"), "directory for the job store, Pulumi state, weights and per-job keys")
+	fs.StringVar(&cfg.StoreURL, "store-url", os.Getenv("UNDERSTUDY_STORE_URL"), "job store: a postgres://user@host:port/database URL that several replicas share (password from $PGPASSWORD or $PGPASSFILE, never the URL) (default: SQLite in the data dir)")
 	fs.StringVar(&cfg.TokenFile, "token-file", os.Getenv("UNDERSTUDY_API_TOKEN_FILE"), "file holding the API token (default: $UNDERSTUDY_API_TOKEN, else <data-dir>/api-token, made if missing)")
 	fs.StringVar(&cfg.PublicURL, "public-url", os.Getenv("UNDERSTUDY_PUBLIC_URL"), "base URL at which training machines reach this service (default http://<listen>)")
 	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "jobs that may hold a machine at once")
@@ -234,11 +247,83 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("resolve data dir: %w", err)
 	}
-	release, err := prepareDataDir(dataDir, log)
+	// The API's listener answers as a standby until this process is ready, and on a
+	// shared store until it also leads.
+	var handler atomic.Pointer[http.Handler]
+	standby := api.Standby()
+	handler.Store(&standby)
+	srv := api.NewHTTPServer(ctx, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		(*handler.Load()).ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return err
+		return fmt.Errorf("listen: %w", err)
 	}
-	defer release()
+	defer ln.Close()
+	errc := make(chan error, 1)
+	serving := false
+	serve := func() {
+		if !serving {
+			serving = true
+			go func() { errc <- srv.Serve(ln) }()
+		}
+	}
+	// runCtx ends at a signal, or when this replica loses the lead of a shared store.
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	host, _ := os.Hostname()
+	owner := fmt.Sprintf("%s-%d", host, os.Getpid())
+
+	// The job store. SQLite lives in the data dir, which one process holds. On PostgreSQL,
+	// a replica stands by until it leads; only then does it take the data dir, which the
+	// replicas share (the jobs' keys and dataset copies are there).
+	var st store.Store
+	if cfg.StoreURL == "" {
+		release, err := prepareDataDir(dataDir, log)
+		if err != nil {
+			return err
+		}
+		defer release()
+		sq, err := sqlite.Open(ctx, filepath.Join(dataDir, "jobs.db"))
+		if err != nil {
+			return err
+		}
+		st = sq
+		defer sq.Close()
+	} else {
+		pg, err := postgres.Open(ctx, cfg.StoreURL)
+		if err != nil {
+			return err
+		}
+		st = pg
+		defer pg.Close()
+		serve()
+		fmt.Fprintf(stdout, "understudy-train on http://%s: waiting to lead the job store\n", ln.Addr())
+		lease, err := pg.Lead(runCtx, postgres.LeadOptions{Holder: owner, Logger: log})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while standing by
+			}
+			return err
+		}
+		// Released after the driver has stopped (deferred calls run last in, first out),
+		// so that the next leader starts only once this one no longer drives jobs.
+		defer lease.Release()
+		go func() {
+			select {
+			case <-lease.Lost():
+				stopRun(errLostLead)
+			case <-runCtx.Done():
+			}
+		}()
+		// The previous leader, if it shared this data dir, may still be stopping.
+		release, err := prepareDataDirWaiting(runCtx, dataDir, log, time.Minute)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	token, err := apiToken(cfg.TokenFile, dataDir, log)
 	if err != nil {
 		return err
@@ -250,11 +335,6 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg.PublicURL = "http://" + cfg.Listen
 	}
 
-	st, err := sqlite.Open(ctx, filepath.Join(dataDir, "jobs.db"))
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	weights, err := storage.OpenWeights(ctx, cfg.WeightsURL)
 	if err != nil {
 		return err
@@ -350,6 +430,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	drv, err := lifecycle.New(lifecycle.Config{
 		DataDir:            dataDir,
+		Owner:              owner,
 		MaxConcurrent:      cfg.MaxConcurrent,
 		Runtime:            runtime,
 		WeightsURL:         weights.BaseURI,
@@ -378,10 +459,6 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
 	apiOpts := api.Options{Token: token, Providers: programs.Names(), ProviderStatus: provs.status, Logger: log,
 		MaxPairs: cfg.Limits.MaxPairs, MaxStreams: cfg.Limits.MaxStreams, SpoolDir: drv.UploadDir(), Sessions: st}
 	var metricsSrv *http.Server
@@ -391,33 +468,33 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		mln, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
-			ln.Close()
 			return fmt.Errorf("listen for metrics: %w", err)
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET "+metrics.Path, mtr.Handler())
 		metricsSrv = api.NewHTTPServer(ctx, mux)
+		defer metricsSrv.Close()
 		go metricsSrv.Serve(mln)
 		log.Info("serving metrics", "listen", mln.Addr().String())
 		fmt.Fprintf(stdout, "understudy-train metrics on http://%s%s\n", mln.Addr(), metrics.Path)
 	}
-	srv := api.NewHTTPServer(ctx, api.New(drv, apiOpts))
-	if err := drv.Start(ctx); err != nil {
-		ln.Close()
-		if metricsSrv != nil {
-			metricsSrv.Close()
-		}
+	if err := drv.Start(runCtx); err != nil {
 		return err
 	}
-	log.Info("serving", "listen", ln.Addr().String(), "data_dir", dataDir, "weights", weights.BaseURI)
+	apiHandler := http.Handler(api.New(drv, apiOpts))
+	handler.Store(&apiHandler)
+	serve()
+	log.Info("serving", "listen", ln.Addr().String(), "data_dir", dataDir, "weights", weights.BaseURI, "store", storeName(cfg.StoreURL))
 	fmt.Fprintf(stdout, "understudy-train serving on http://%s (data in %s)\n", ln.Addr(), dataDir)
 
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
+	case <-runCtx.Done():
+	}
+	lost := errors.Is(context.Cause(runCtx), errLostLead)
+	if lost {
+		log.Error("lost the lead of the job store: stopping without tearing anything down; the new leader resumes the jobs")
 	}
 	// First signal drains: stop taking requests, stop following jobs (their machines keep
 	// running; the next start reattaches). A second signal aborts (the default handler).
@@ -432,7 +509,25 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cerr := mgr.Close(sctx); err == nil {
 		err = cerr
 	}
+	if lost {
+		return errLostLead
+	}
 	return err
+}
+
+// errLostLead ends serve when another replica took the lead of the shared job store.
+var errLostLead = errors.New("lost the lead of the job store to another replica")
+
+// storeName names the job store for logs, without secrets.
+func storeName(storeURL string) string {
+	if storeURL == "" {
+		return "sqlite"
+	}
+	u, err := url.Parse(storeURL)
+	if err != nil {
+		return "postgres"
+	}
+	return "postgres://" + u.Host + u.Path
 }
 
 func randomHex(n int) string {

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -208,6 +209,13 @@ func freePort(t testing.TB) string {
 
 func (s *Service) Start() {
 	s.t.Helper()
+	s.spawn()
+	s.WaitReady(60 * time.Second)
+}
+
+// spawn starts the serve process.
+func (s *Service) spawn() {
+	s.t.Helper()
 	if s.Addr == "" {
 		s.Addr = freePort(s.t)
 	}
@@ -237,7 +245,12 @@ func (s *Service) Start() {
 		s.t.Fatal(err)
 	}
 	s.cmd = cmd
-	deadline := time.Now().Add(60 * time.Second)
+}
+
+// WaitReady waits until /readyz answers 200.
+func (s *Service) WaitReady(timeout time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
 		resp, err := http.Get("http://" + s.Addr + "/readyz")
 		if err == nil {
@@ -253,6 +266,62 @@ func (s *Service) Start() {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Replica prepares another serve process of the same service: the same data dir, workers
+// dir, token, arguments and environment, on an address of its own. With a shared
+// PostgreSQL store (--store-url) it stands by while another replica leads (StartStandby).
+// Its process ends before s's cleanup, which ends whatever is left of both.
+func (s *Service) Replica() *Service {
+	r := &Service{t: s.t, bin: s.bin, python: s.python, Data: s.Data, Token: s.Token,
+		Args: slices.Clone(s.Args), Env: slices.Clone(s.Env), BackendURL: s.BackendURL,
+		DatasetRoots: s.DatasetRoots, ModelRoots: s.ModelRoots, Workers: s.Workers, User: s.User}
+	s.t.Cleanup(func() {
+		r.Stop()
+		if s.t.Failed() && r.log != nil {
+			s.t.Logf("replica's log:\n%s", r.log)
+		}
+	})
+	return r
+}
+
+// StartStandby starts a replica that waits to lead a shared store: it is up when /healthz
+// says so with the role "standby".
+func (s *Service) StartStandby() {
+	s.t.Helper()
+	s.spawn()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + s.Addr + "/healthz")
+		if err == nil {
+			var h struct{ Role string }
+			json.NewDecoder(resp.Body).Decode(&h)
+			resp.Body.Close()
+			if resp.StatusCode == 200 && h.Role == "standby" {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("replica did not stand by:\n%s", s.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// WaitExit waits up to timeout for the serve process to end by itself and returns its exit
+// status and its output.
+func (s *Service) WaitExit(timeout time.Duration) (int, string) {
+	s.t.Helper()
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		s.t.Fatalf("the service did not exit within %v:\n%s", timeout, s.log)
+	}
+	code := s.cmd.ProcessState.ExitCode()
+	s.cmd = nil
+	return code, s.log.String()
 }
 
 // Kill ends the service abruptly, as a crash would.

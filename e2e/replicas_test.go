@@ -1,0 +1,111 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/understudy-ai/training-service/internal/servicetest"
+	"github.com/understudy-ai/training-service/store/postgres/pgtest"
+)
+
+// sharedStore starts a real PostgreSQL server for the test and returns a new database's
+// URL, its password file and a way to end the sessions holding the lead's lock.
+func sharedStore(t *testing.T) (url, passFile string, endLeadSessions func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := pgtest.Start(ctx)
+	if err != nil {
+		t.Fatalf("cannot start PostgreSQL for the replica test: %v", err)
+	}
+	t.Cleanup(srv.Stop)
+	url, err = srv.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := url[strings.LastIndex(url, "/")+1 : strings.Index(url, "?")]
+	return url, srv.PassFile, func() {
+		// As an administrator, or a network path that failed, would.
+		if err := srv.Exec(context.Background(), db, `SELECT pg_terminate_backend(pid) FROM pg_locks
+			WHERE locktype = 'advisory' AND granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Two replicas on one PostgreSQL store, sharing the data dir: one leads, the other stands
+// by and answers the API with 503 "standby". When the leader loses the lead mid-training,
+// it stops at once without tearing anything down, and the standby takes over the job,
+// on the same machine, to the end.
+func TestStandbyTakesOverWhenTheLeaderLosesTheLead(t *testing.T) {
+	bin, python, model := servicetest.Prerequisites(t)
+	url, passFile, endLeadSessions := sharedStore(t)
+	a := servicetest.New(t, bin, python)
+	a.Env = append(a.Env, "PGPASSFILE="+passFile)
+	a.Args = append(a.Args, "--store-url", url)
+	a.Start()
+	b := a.Replica()
+	b.StartStandby()
+
+	req, _ := http.NewRequest("GET", "http://"+b.Addr+"/api/v1/training", nil)
+	req.Header.Set("Authorization", "Bearer "+b.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	b.CheckResponse("GET", "/api/v1/training", resp, raw)
+	var body struct{ Error struct{ Code string } }
+	json.Unmarshal(raw, &body)
+	if resp.StatusCode != 503 || body.Error.Code != "standby" || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a standby answered %d %s (Retry-After %q), want 503 standby", resp.StatusCode, raw, resp.Header.Get("Retry-After"))
+	}
+
+	id := "replica-takeover"
+	dataset := servicetest.WritePairs(t, 200)
+	if code := a.Request("POST", "/api/v1/training/start", startBody(id, model, dataset, 200,
+		map[string]any{"epochs": 4, "max_seq_len": 64, "batch_size": 4}), nil); code != 202 {
+		t.Fatalf("start: %d", code)
+	}
+	before := a.WaitFor(id, 5*time.Minute, "training steps", func(j servicetest.Job) bool {
+		return j.Status == "training" && j.Progress.Step >= 1
+	})
+	endLeadSessions()
+	code, log := a.WaitExit(90 * time.Second)
+	if code == 0 || !strings.Contains(log, "lost the lead") {
+		t.Fatalf("the replica that lost the lead exited %d; log:\n%s", code, log)
+	}
+	if strings.Contains(log, "destroying") || strings.Contains(log, "tearing down") && !strings.Contains(log, "without tearing anything down") {
+		t.Errorf("the replica that lost the lead tore something down:\n%s", log)
+	}
+	if pids := a.Processes(); len(pids) == 0 {
+		t.Fatal("the job's machine died with the replica that lost the lead")
+	}
+	b.WaitReady(90 * time.Second)
+	j := b.WaitFor(id, 5*time.Minute, "a terminal status", terminal)
+	if j.Status != "completed" || j.Progress.Step < before.Progress.Step {
+		t.Fatalf("after the takeover: %s %+v (progress %+v)", j.Status, j.Error, j.Progress)
+	}
+	if j.Machine.InstanceID != before.Machine.InstanceID {
+		t.Fatalf("a new machine was made: %s vs %s", j.Machine.InstanceID, before.Machine.InstanceID)
+	}
+	var events struct {
+		Events []struct{ Type string } `json:"events"`
+	}
+	b.Request("GET", "/api/v1/training/"+id+"/events", nil, &events)
+	resumed := false
+	for _, e := range events.Events {
+		resumed = resumed || e.Type == "resumed"
+	}
+	if !resumed {
+		t.Errorf("no resumed event: %+v", events)
+	}
+	assertTornDown(t, b, id)
+}
