@@ -311,12 +311,20 @@ func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
 // Standby is the whole API of a replica that waits to lead (several replicas on one
 // PostgreSQL store; only the leader drives jobs and answers): /healthz is ok, so that the
 // process is not restarted, and /readyz and every other path answer 503 with the reason
-// "standby", so that a load balancer sends requests to the leader.
+// "standby", so that a load balancer sends requests to the leader. The API's document is
+// served too: it is the same on every replica.
 func Standby() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" && r.Method == http.MethodGet {
-			writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "role": "standby"})
-			return
+		if r.Method == http.MethodGet {
+			switch r.URL.Path {
+			case "/healthz":
+				writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "role": "standby"})
+				return
+			case "/openapi.json":
+				w.Header().Set("Content-Type", "application/json")
+				w.Write(openAPI)
+				return
+			}
 		}
 		w.Header().Set("Retry-After", "5")
 		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: ErrorDetail{Code: "standby",
