@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,10 +41,20 @@ func sharedStore(t *testing.T) (url, passFile string, endLeadSessions func()) {
 }
 
 // Two replicas on one PostgreSQL store, sharing the data dir: one leads, the other stands
-// by and answers the API with 503 "standby". When the leader loses the lead mid-training,
-// it stops at once without tearing anything down, and the standby takes over the job,
-// on the same machine, to the end.
-func TestStandbyTakesOverWhenTheLeaderLosesTheLead(t *testing.T) {
+// by and answers the API with 503 "standby". When the leader goes mid-training — it loses
+// its database session, or it crashes — the standby takes over the job, on the same
+// machine, to the end. A leader that lost its session stops at once, without tearing
+// anything down, and exits non-zero.
+func TestStandbyTakesOver(t *testing.T) {
+	for _, how := range []string{"lost-session", "crash"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			standbyTakesOver(t, how)
+		})
+	}
+}
+
+func standbyTakesOver(t *testing.T, how string) {
 	bin, python, model := servicetest.Prerequisites(t)
 	url, passFile, endLeadSessions := sharedStore(t)
 	a := servicetest.New(t, bin, python)
@@ -68,7 +79,16 @@ func TestStandbyTakesOverWhenTheLeaderLosesTheLead(t *testing.T) {
 		t.Fatalf("a standby answered %d %s (Retry-After %q), want 503 standby", resp.StatusCode, raw, resp.Header.Get("Retry-After"))
 	}
 
-	id := "replica-takeover"
+	// A standby asked to stop, stops at once.
+	c := a.Replica()
+	c.StartStandby()
+	pid, _ := c.Running()
+	syscall.Kill(pid, syscall.SIGTERM)
+	if code, log := c.WaitExit(30 * time.Second); code != 0 {
+		t.Fatalf("a standby stopped with %d:\n%s", code, log)
+	}
+
+	id := "replica-takeover-" + how
 	dataset := servicetest.WritePairs(t, 200)
 	if code := a.Request("POST", "/api/v1/training/start", startBody(id, model, dataset, 200,
 		map[string]any{"epochs": 4, "max_seq_len": 64, "batch_size": 4}), nil); code != 202 {
@@ -77,13 +97,17 @@ func TestStandbyTakesOverWhenTheLeaderLosesTheLead(t *testing.T) {
 	before := a.WaitFor(id, 5*time.Minute, "training steps", func(j servicetest.Job) bool {
 		return j.Status == "training" && j.Progress.Step >= 1
 	})
-	endLeadSessions()
-	code, log := a.WaitExit(90 * time.Second)
-	if code == 0 || !strings.Contains(log, "lost the lead") {
-		t.Fatalf("the replica that lost the lead exited %d; log:\n%s", code, log)
-	}
-	if strings.Contains(log, "destroying") || strings.Contains(log, "tearing down") && !strings.Contains(log, "without tearing anything down") {
-		t.Errorf("the replica that lost the lead tore something down:\n%s", log)
+	if how == "crash" {
+		a.Kill()
+	} else {
+		endLeadSessions()
+		code, log := a.WaitExit(90 * time.Second)
+		if code == 0 || !strings.Contains(log, "lost the lead") {
+			t.Fatalf("the replica that lost the lead exited %d; log:\n%s", code, log)
+		}
+		if strings.Contains(log, "destroying") || strings.Contains(log, "tearing down") && !strings.Contains(log, "without tearing anything down") {
+			t.Errorf("the replica that lost the lead tore something down:\n%s", log)
+		}
 	}
 	if pids := a.Processes(); len(pids) == 0 {
 		t.Fatal("the job's machine died with the replica that lost the lead")
