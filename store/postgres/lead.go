@@ -60,21 +60,33 @@ func (s *Store) Lead(ctx context.Context, o LeadOptions) (*Lease, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	conn, err := pgx.ConnectConfig(ctx, s.connConfig.Copy())
-	if err != nil {
-		return nil, job.Wrap(job.CodeUnavailable, err, "lead: connect")
+	var conn *pgx.Conn
+	closeConn := func() {
+		if conn != nil {
+			conn.Close(context.WithoutCancel(ctx))
+			conn = nil
+		}
 	}
 	waiting := false
 	for {
+		// A standby rides out the database's restarts and failovers: it reconnects and
+		// keeps waiting.
 		var got bool
-		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, int64(leadLockKey)).Scan(&got); err != nil {
-			conn.Close(context.WithoutCancel(ctx))
-			return nil, job.Wrap(job.CodeUnavailable, err, "lead: lock")
+		var err error
+		if conn == nil {
+			conn, err = pgx.ConnectConfig(ctx, s.connConfig.Copy())
+		}
+		if err == nil {
+			err = conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, int64(leadLockKey)).Scan(&got)
+		}
+		if err != nil && ctx.Err() == nil {
+			log.Warn("standing by: the job store does not answer; trying again", "err", err)
+			closeConn()
 		}
 		if got {
 			break
 		}
-		if !waiting {
+		if err == nil && !waiting {
 			var holder string
 			var since time.Time
 			_ = conn.QueryRow(ctx, `SELECT holder, since FROM leader WHERE id = 1`).Scan(&holder, &since)
@@ -83,13 +95,13 @@ func (s *Store) Lead(ctx context.Context, o LeadOptions) (*Lease, error) {
 		}
 		select {
 		case <-ctx.Done():
-			conn.Close(context.WithoutCancel(ctx))
+			closeConn()
 			return nil, job.Wrap(job.CodeCanceled, ctx.Err(), "lead")
 		case <-time.After(o.Poll):
 		}
 	}
 	var epoch int64
-	err = conn.QueryRow(ctx, `UPDATE leader SET epoch = epoch + 1, holder = $1, since = now() WHERE id = 1 RETURNING epoch`,
+	err := conn.QueryRow(ctx, `UPDATE leader SET epoch = epoch + 1, holder = $1, since = now() WHERE id = 1 RETURNING epoch`,
 		o.Holder).Scan(&epoch)
 	if err != nil {
 		conn.Close(context.WithoutCancel(ctx))

@@ -228,3 +228,48 @@ func terminateLeader(t *testing.T, u string) {
 		t.Fatal(err)
 	}
 }
+
+// A standby rides out the loss of its own database session: it reconnects, keeps waiting,
+// and leads once the leader lets go.
+func TestStandbyReconnects(t *testing.T) {
+	u := newDB(t)
+	a, b := openURL(t, u), openURL(t, u)
+	la := lead(t, a, "a", time.Second)
+	got := make(chan *postgres.Lease, 1)
+	errc := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go func() {
+		l, err := b.Lead(ctx, postgres.LeadOptions{Holder: "b", Poll: 100 * time.Millisecond})
+		if err != nil {
+			errc <- err
+			return
+		}
+		got <- l
+	}()
+	time.Sleep(500 * time.Millisecond) // b is waiting
+	db := u[strings.LastIndex(u, "/")+1 : strings.Index(u, "?")]
+	if err := srv.Exec(context.Background(), db, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()
+		AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case err := <-errc:
+		t.Fatalf("the standby gave up when its session ended: %v", err)
+	case <-got:
+		t.Fatal("the standby led while the leader held the lead")
+	default:
+	}
+	la.Release()
+	select {
+	case err := <-errc:
+		t.Fatalf("the standby did not lead: %v", err)
+	case lb := <-got:
+		defer lb.Release()
+		if lb.Epoch != la.Epoch+1 {
+			t.Fatalf("epochs %d then %d", la.Epoch, lb.Epoch)
+		}
+	}
+}
