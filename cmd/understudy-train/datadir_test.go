@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/understudy-ai/training-service/internal/testenv"
 )
@@ -36,6 +38,30 @@ func TestDataDirIsMadeOwnerOnlyAndLocked(t *testing.T) {
 		t.Fatalf("after release: %v", err)
 	}
 	release()
+}
+
+// A replica that has just taken the lead waits for the previous leader to let the shared
+// data dir go, up to a limit.
+func TestDataDirWaitsForThePreviousHolder(t *testing.T) {
+	dir := filepath.Join(testenv.SSHDDir(t, "datadir-"), "data")
+	log := slog.New(slog.DiscardHandler)
+	release, err := prepareDataDir(dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := prepareDataDirWaiting(context.Background(), dir, log, 300*time.Millisecond); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("waiting past the limit: %v, want the data dir in use", err)
+	}
+	time.AfterFunc(300*time.Millisecond, release)
+	start := time.Now()
+	release2, err := prepareDataDirWaiting(context.Background(), dir, log, 10*time.Second)
+	if err != nil {
+		t.Fatalf("after the holder let go: %v", err)
+	}
+	release2()
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Fatalf("took the data dir after %v, while it was still held", waited)
+	}
 }
 
 func TestWorkersDirUnderAWorldWritableDirIsRefused(t *testing.T) {

@@ -247,8 +247,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("resolve data dir: %w", err)
 	}
-	// The API's listener answers as a standby until this process is ready, and on a
-	// shared store until it also leads.
+	// The API's listener. On a shared store it answers as a standby (api.Standby) until this
+	// replica leads; otherwise it serves once the driver has started.
 	var handler atomic.Pointer[http.Handler]
 	standby := api.Standby()
 	handler.Store(&standby)
@@ -515,8 +515,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
-// errLostLead ends serve when another replica took the lead of the shared job store.
-var errLostLead = errors.New("lost the lead of the job store to another replica")
+// errLostLead ends serve when this replica lost the lead of the shared job store: its
+// database session ended, and a standby may already lead.
+var errLostLead = errors.New("lost the lead of the job store (its database session ended); restart to stand by")
 
 // storeName names the job store for logs, without secrets.
 func storeName(storeURL string) string {
