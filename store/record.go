@@ -61,3 +61,23 @@ func DecodeCursor(c string) (ts int64, trainID string, err error) {
 	}
 	return n, id, nil
 }
+
+// PageLimit is the page size JobList serves for a requested limit: DefaultLimit for 0 or
+// less, at most MaxLimit. Drivers read one job more, for Page.
+func PageLimit(requested int) int {
+	if requested <= 0 {
+		return DefaultLimit
+	}
+	return min(requested, MaxLimit)
+}
+
+// Page cuts jobs, read newest first up to limit+1, to one page of limit, and returns the
+// cursor of the next page ("" on the last).
+func Page(jobs []*job.Job, limit int) ([]*job.Job, string) {
+	if len(jobs) <= limit {
+		return jobs, ""
+	}
+	jobs = jobs[:limit]
+	last := jobs[len(jobs)-1]
+	return jobs, EncodeCursor(last.CreatedAt.UnixNano(), last.TrainID)
+}

@@ -160,13 +160,7 @@ func scanJob(row scanner) (*job.Job, error) {
 }
 
 func (s *Store) JobList(ctx context.Context, p store.JobListParams) ([]*job.Job, string, error) {
-	limit := p.Limit
-	if limit <= 0 {
-		limit = store.DefaultLimit
-	}
-	if limit > store.MaxLimit {
-		limit = store.MaxLimit
-	}
+	limit := store.PageLimit(p.Limit)
 	var where []string
 	var args []any
 	if len(p.Statuses) > 0 {
@@ -211,12 +205,7 @@ func (s *Store) JobList(ctx context.Context, p store.JobListParams) ([]*job.Job,
 	if err := rows.Err(); err != nil {
 		return nil, "", job.Wrap(job.CodeUnavailable, err, "list jobs")
 	}
-	next := ""
-	if len(out) > limit {
-		out = out[:limit]
-		last := out[len(out)-1]
-		next = store.EncodeCursor(last.CreatedAt.UnixNano(), last.TrainID)
-	}
+	out, next := store.Page(out, limit)
 	return out, next, nil
 }
 
