@@ -244,6 +244,16 @@ func (d *Driver) Start(ctx context.Context) error {
 		for _, j := range jobs {
 			live[j.TrainID] = true
 			d.log.Info("resuming job", "train_id", j.TrainID, "phase", string(j.Status))
+			if j.Internal.Owner != d.cfg.Owner {
+				// This instance drives the job from now on (a restart, or a replica that
+				// took the lead of a shared store).
+				if _, err := d.update(ctx, j.TrainID, func(j *job.Job) error {
+					j.Internal.Owner = d.cfg.Owner
+					return nil
+				}); err != nil {
+					d.log.Warn("record the job's new owner", "train_id", j.TrainID, "err", err)
+				}
+			}
 			d.event(ctx, j.TrainID, "resumed", j.Status, "service restarted; resuming the job from "+string(j.Status), nil)
 			d.notify(ctx, Change{Kind: ChangeResumed, Job: j})
 			d.launch(j.TrainID)

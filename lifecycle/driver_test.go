@@ -243,14 +243,14 @@ func TestHostKeyMismatchAfterTheFirstContactFailsAtOnce(t *testing.T) {
 }
 
 func TestRestartResumesTraining(t *testing.T) {
-	h := newHarness(t, Config{})
+	h := newHarness(t, Config{Owner: "first"})
 	h.conn.hold = make(chan struct{})
 	h.drv.Start(context.Background())
 	h.submit("resume")
 	h.waitFor("resume", job.StatusTraining)
 	// Let the first line be recorded before the "crash".
 	time.Sleep(1500 * time.Millisecond)
-	h.restart(Config{})
+	h.restart(Config{Owner: "second"})
 	j := h.waitFor("resume", job.StatusTraining)
 	close(h.conn.hold)
 	j = h.waitFor("resume", job.StatusCompleted)
@@ -264,6 +264,9 @@ func TestRestartResumesTraining(t *testing.T) {
 	}
 	if !resumed || j.Progress.Step != 2 {
 		t.Fatalf("resumed=%v progress=%+v", resumed, j.Progress)
+	}
+	if stored, _ := h.store.JobGet(context.Background(), "resume"); stored.Internal.Owner != "second" {
+		t.Fatalf("owner %q after the restart, want the instance that resumed the job", stored.Internal.Owner)
 	}
 }
 
