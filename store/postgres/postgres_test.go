@@ -273,3 +273,15 @@ func TestStandbyReconnects(t *testing.T) {
 		}
 	}
 }
+
+// A wrong password fails Open with Unavailable, naming the store and the cause, not the
+// password.
+func TestOpenWrongPassword(t *testing.T) {
+	u := newDB(t)
+	t.Setenv("PGPASSWORD", "not-the-password")
+	_, err := postgres.Open(context.Background(), u)
+	if job.CodeOf(err) != job.CodeUnavailable || !strings.Contains(err.Error(), "password authentication failed") ||
+		!strings.Contains(err.Error(), "127.0.0.1") || strings.Contains(err.Error(), "not-the-password") {
+		t.Fatalf("open with a wrong password = %v", err)
+	}
+}
