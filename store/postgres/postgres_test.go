@@ -285,3 +285,16 @@ func TestOpenWrongPassword(t *testing.T) {
 		t.Fatalf("open with a wrong password = %v", err)
 	}
 }
+
+// The lead's session asks the server to notice a dead peer in seconds, so that the lock of
+// a leader whose host died is freed for a standby (TCP's defaults would take two hours).
+func TestLeadSessionNoticesADeadPeerQuickly(t *testing.T) {
+	l := lead(t, openURL(t, newDB(t)), "a", time.Second)
+	for name, want := range map[string]string{"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
+		"tcp_keepalives_count": "3", "tcp_user_timeout": "10000"} {
+		got, err := l.Setting(context.Background(), name)
+		if err != nil || got != want {
+			t.Errorf("%s = %q, %v; want %s", name, got, err, want)
+		}
+	}
+}
