@@ -205,7 +205,7 @@ const ReasonNotLeader = "not_leader"
 
 func notLeader() error {
 	return &job.Error{Code: job.CodeUnavailable, Reason: ReasonNotLeader,
-		Message: "this replica no longer leads: another replica took over the job store"}
+		Message: "this replica no longer leads the job store: its lead ended, and another replica may have taken over"}
 }
 
 // SessionRevoke records the signed-out session and forgets those past their expiry.
