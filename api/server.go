@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -308,26 +310,54 @@ func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	s.metrics.ServeHTTP(w, r)
 }
 
-// Standby is the whole API of a replica that waits to lead (several replicas on one
-// PostgreSQL store; only the leader drives jobs and answers): /healthz is ok, so that the
-// process is not restarted, and /readyz and every other path answer 503 with the reason
-// "standby", so that a load balancer sends requests to the leader. The API's document is
-// served too: it is the same on every replica.
-func Standby() http.Handler {
+// standbyHop marks a request a standby passed on, so that it is never passed on twice.
+const standbyHop = "X-Understudy-Standby-Hop"
+
+// Standby is the whole API of a replica that waits to lead a shared job store (only the
+// leader drives jobs). It answers /healthz itself, with the role "standby", so that the
+// process is not restarted, and passes every other request on to the leader at the URL
+// leaderURL returns, so that any replica serves the API: a load balancer may send requests
+// to either, and the readiness it reads is the leader's. With no leader to pass a request
+// to (none known, it does not answer, or the request was passed on already), it answers
+// 503 with the reason "standby" and Retry-After. The API's document it serves itself.
+func Standby(leaderURL func() string, log *slog.Logger) http.Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	type targetKey struct{}
+	unavailable := func(w http.ResponseWriter) {
+		w.Header().Set("Retry-After", "5")
+		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: ErrorDetail{Code: "standby",
+			Message: "this replica is standing by and cannot reach the replica that leads the job store; try again"}})
+	}
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(pr.In.Context().Value(targetKey{}).(*url.URL))
+			pr.SetXForwarded()
+			pr.Out.Header.Set(standbyHop, "1")
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			log.Warn("pass a request on to the leader", "path", r.URL.Path, "err", err)
+			unavailable(w)
+		},
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
 			switch r.URL.Path {
 			case "/healthz":
 				writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "role": "standby"})
 				return
-			case "/openapi.json":
+			case "/openapi.json": // the same on every replica
 				w.Header().Set("Content-Type", "application/json")
 				w.Write(openAPI)
 				return
 			}
 		}
-		w.Header().Set("Retry-After", "5")
-		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: ErrorDetail{Code: "standby",
-			Message: "this replica is standing by: another replica leads the job store and answers the API"}})
+		target, err := url.Parse(leaderURL())
+		if err != nil || target.Host == "" || r.Header.Get(standbyHop) != "" {
+			unavailable(w)
+			return
+		}
+		proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), targetKey{}, target)))
 	})
 }

@@ -20,6 +20,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/understudy-ai/training-service/store/postgres"
 )
 
 func documents(t *testing.T, name string) map[string][]byte {
@@ -52,9 +54,22 @@ func strict(t *testing.T, kind string, doc []byte, into any) {
 	}
 }
 
+// The single-replica manifest and the replicas' one are held to the same rules.
 func TestKubernetesManifests(t *testing.T) {
-	docs := documents(t, "kubernetes.yaml")
-	for _, kind := range []string{"StatefulSet", "Service", "NetworkPolicy"} {
+	for _, file := range []string{"kubernetes.yaml", "kubernetes-replicas.yaml"} {
+		t.Run(file, func(t *testing.T) {
+			_, pod, np := workload(t, file)
+			checkPod(t, pod, np)
+		})
+	}
+}
+
+// workload decodes a manifest's documents strictly and returns them, with the pod template
+// of its StatefulSet or Deployment and its NetworkPolicy.
+func workload(t *testing.T, file string) (map[string][]byte, corev1.PodSpec, networkingv1.NetworkPolicy) {
+	t.Helper()
+	docs := documents(t, file)
+	for _, kind := range []string{"Service", "NetworkPolicy"} {
 		if docs[kind] == nil {
 			t.Fatalf("no %s", kind)
 		}
@@ -62,14 +77,28 @@ func TestKubernetesManifests(t *testing.T) {
 	if docs["Secret"] != nil {
 		t.Error("a Secret with values in the manifests: secrets are created from files, never from examples")
 	}
-	var ss appsv1.StatefulSet
-	strict(t, "StatefulSet", docs["StatefulSet"], &ss)
+	var pod corev1.PodSpec
+	switch {
+	case docs["StatefulSet"] != nil:
+		var ss appsv1.StatefulSet
+		strict(t, "StatefulSet", docs["StatefulSet"], &ss)
+		pod = ss.Spec.Template.Spec
+	case docs["Deployment"] != nil:
+		var d appsv1.Deployment
+		strict(t, "Deployment", docs["Deployment"], &d)
+		pod = d.Spec.Template.Spec
+	default:
+		t.Fatal("no StatefulSet or Deployment")
+	}
 	var svc corev1.Service
 	strict(t, "Service", docs["Service"], &svc)
 	var np networkingv1.NetworkPolicy
 	strict(t, "NetworkPolicy", docs["NetworkPolicy"], &np)
+	return docs, pod, np
+}
 
-	pod := ss.Spec.Template.Spec
+func checkPod(t *testing.T, pod corev1.PodSpec, np networkingv1.NetworkPolicy) {
+	t.Helper()
 	if sc := pod.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser == 0 {
 		t.Error("the pod may run as root")
 	}
@@ -254,5 +283,63 @@ func TestImageHealthcheckFollowsTheListenAddress(t *testing.T) {
 	defer mu.Unlock()
 	if len(asked) != 3 || slices.ContainsFunc(asked, func(p string) bool { return p != "/healthz" }) {
 		t.Errorf("the probe asked %q, want /healthz three times", asked)
+	}
+}
+
+// Replicas: two or more, on a PostgreSQL store whose URL holds no password (a mounted
+// password file does), each advertising its own pod address for the standby to pass
+// requests on, sharing one ReadWriteMany data volume, and allowed to reach each other and
+// the database.
+func TestKubernetesReplicas(t *testing.T) {
+	docs, pod, np := workload(t, "kubernetes-replicas.yaml")
+	var d appsv1.Deployment
+	strict(t, "Deployment", docs["Deployment"], &d)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+		t.Error("fewer than two replicas")
+	}
+	env := map[string]corev1.EnvVar{}
+	for _, e := range pod.Containers[0].Env {
+		env[e.Name] = e
+	}
+	if _, err := postgres.ParseURL(env["UNDERSTUDY_STORE_URL"].Value); err != nil {
+		t.Errorf("UNDERSTUDY_STORE_URL: %v", err)
+	}
+	if !strings.HasPrefix(env["PGPASSFILE"].Value, "/run/secrets/understudy/") {
+		t.Errorf("the database password is not a mounted file: PGPASSFILE %q", env["PGPASSFILE"].Value)
+	}
+	if ip := env["POD_IP"]; ip.ValueFrom == nil || ip.ValueFrom.FieldRef == nil || ip.ValueFrom.FieldRef.FieldPath != "status.podIP" ||
+		env["UNDERSTUDY_ADVERTISE_URL"].Value != "http://$(POD_IP):8080" {
+		t.Errorf("the replicas do not advertise their pod's address: %+v %+v", ip, env["UNDERSTUDY_ADVERTISE_URL"])
+	}
+	for _, name := range []string{"PULUMI_BACKEND_URL", "UNDERSTUDY_WEIGHTS_URL"} {
+		if v := env[name].Value; v == "" || strings.HasPrefix(v, "file:") {
+			t.Errorf("%s = %q: replicas need object storage", name, v)
+		}
+	}
+	var pvc corev1.PersistentVolumeClaim
+	strict(t, "PersistentVolumeClaim", docs["PersistentVolumeClaim"], &pvc)
+	if !slices.Contains(pvc.Spec.AccessModes, corev1.ReadWriteMany) {
+		t.Errorf("the shared data volume is %v, want ReadWriteMany", pvc.Spec.AccessModes)
+	}
+	shared := false
+	for _, v := range pod.Volumes {
+		shared = shared || v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == pvc.Name
+	}
+	if !shared {
+		t.Error("the pods do not mount the shared data volume")
+	}
+	peers, db := false, false
+	for _, rule := range np.Spec.Ingress {
+		for _, from := range rule.From {
+			peers = peers || from.PodSelector != nil && from.PodSelector.MatchLabels["app.kubernetes.io/name"] == "understudy-train"
+		}
+	}
+	for _, rule := range np.Spec.Egress {
+		for _, p := range rule.Ports {
+			db = db || p.Port != nil && p.Port.IntValue() == 5432
+		}
+	}
+	if !peers || !db {
+		t.Errorf("the NetworkPolicy lets the replicas reach each other: %v, the database: %v", peers, db)
 	}
 }

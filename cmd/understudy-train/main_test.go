@@ -49,6 +49,31 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Errorf("a PostgreSQL URL without a password: %v", err)
 	}
+	for _, u := range []string{"10.0.0.5:8080", "ftp://h:1", "http://", "http://u:p@h:1", "http://h:1/api", "http://h:1?x=1"} {
+		c := good
+		c.AdvertiseURL = u
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--advertise-url") {
+			t.Errorf("--advertise-url %s: got %v", u, err)
+		}
+	}
+}
+
+// Where the other replicas reach this one: the flag, else the listen address unless it is
+// a wildcard.
+func TestAdvertiseURL(t *testing.T) {
+	for _, tc := range []struct{ listen, flag, want string }{
+		{"127.0.0.1:8080", "", "http://127.0.0.1:8080"},
+		{"10.1.2.3:9000", "", "http://10.1.2.3:9000"},
+		{"svc.internal:8080", "", "http://svc.internal:8080"},
+		{"0.0.0.0:8080", "", ""},
+		{"[::]:8080", "", ""},
+		{":8080", "", ""},
+		{"0.0.0.0:8080", "http://10.0.0.7:8080/", "http://10.0.0.7:8080"},
+	} {
+		if got := advertiseURL(Config{Listen: tc.listen, AdvertiseURL: tc.flag}); got != tc.want {
+			t.Errorf("listen %s, flag %q: %q, want %q", tc.listen, tc.flag, got, tc.want)
+		}
+	}
 }
 
 func TestAPITokenIsMadeOwnerOnlyAndReused(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -41,8 +42,11 @@ type Config struct {
 	Listen  string
 	DataDir string
 	// StoreURL is the job store: "" for SQLite in the data dir, or a postgres:// URL that
-	// several replicas share (one leads, the others stand by).
+	// several replicas share (one leads, the others stand by). AdvertiseURL is where the
+	// other replicas reach this one's API when it leads (default from Listen, unless that
+	// is a wildcard address).
 	StoreURL      string
+	AdvertiseURL  string
 	TokenFile     string
 	PublicURL     string
 	MaxConcurrent int
@@ -94,6 +98,12 @@ func (c *Config) Validate() error {
 	if c.StoreURL != "" {
 		if _, err := postgres.ParseURL(c.StoreURL); err != nil {
 			return fmt.Errorf("--store-url: %s", job.MessageOf(err))
+		}
+	}
+	if c.AdvertiseURL != "" {
+		u, err := url.Parse(c.AdvertiseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || strings.Trim(u.Path, "/") != "" {
+			return fmt.Errorf("--advertise-url %q: want http://host:port (or https), where the other replicas reach this one", c.AdvertiseURL)
 		}
 	}
 	if c.MaxConcurrent < 1 || c.MaxConcurrent > 1000 {
@@ -164,6 +174,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Listen, "listen", envOr("UNDERSTUDY_LISTEN", "127.0.0.1:8080"), "address to listen on")
 	fs.StringVar(&cfg.DataDir, "data-dir", envOr("UNDERSTUDY_DATA_DIR", "./.understudy"), "directory for the job store, Pulumi state, weights and per-job keys")
 	fs.StringVar(&cfg.StoreURL, "store-url", os.Getenv("UNDERSTUDY_STORE_URL"), "job store: a postgres://user@host:port/database URL that several replicas share (password from $PGPASSWORD or $PGPASSFILE, never the URL) (default: SQLite in the data dir)")
+	fs.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("UNDERSTUDY_ADVERTISE_URL"), "with --store-url: the URL at which the other replicas reach this one's API while it leads, to pass requests on (default http://<listen>, unless its host is a wildcard)")
 	fs.StringVar(&cfg.TokenFile, "token-file", os.Getenv("UNDERSTUDY_API_TOKEN_FILE"), "file holding the API token (default: $UNDERSTUDY_API_TOKEN, else <data-dir>/api-token, made if missing)")
 	fs.StringVar(&cfg.PublicURL, "public-url", os.Getenv("UNDERSTUDY_PUBLIC_URL"), "base URL at which training machines reach this service (default http://<listen>)")
 	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "jobs that may hold a machine at once")
@@ -250,7 +261,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// The API's listener. On a shared store it answers as a standby (api.Standby) until this
 	// replica leads; otherwise it serves once the driver has started.
 	var handler atomic.Pointer[http.Handler]
-	standby := api.Standby()
+	var leaderURL atomic.Value // string: where the leader serves, while this replica stands by
+	leaderURL.Store("")
+	standby := api.Standby(func() string { return leaderURL.Load().(string) }, log)
 	handler.Store(&standby)
 	srv := api.NewHTTPServer(ctx, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*handler.Load()).ServeHTTP(w, r)
@@ -300,7 +313,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer pg.Close()
 		serve()
 		fmt.Fprintf(stdout, "understudy-train on http://%s: waiting to lead the job store\n", ln.Addr())
-		lease, err := pg.Lead(runCtx, postgres.LeadOptions{Holder: owner, Logger: log})
+		lease, err := pg.Lead(runCtx, postgres.LeadOptions{Holder: owner, URL: advertiseURL(cfg), Logger: log,
+			Waiting: func(u string) { leaderURL.Store(u) }})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // stopped while standing by
@@ -518,6 +532,20 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // errLostLead ends serve when this replica lost the lead of the shared job store: its
 // database session ended, and a standby may already lead.
 var errLostLead = errors.New("lost the lead of the job store (its database session ended); restart to stand by")
+
+// advertiseURL is where the other replicas reach this one: --advertise-url, else the
+// listen address unless its host is a wildcard ("": they answer 503 instead of passing
+// requests on).
+func advertiseURL(cfg Config) string {
+	if cfg.AdvertiseURL != "" {
+		return strings.TrimSuffix(cfg.AdvertiseURL, "/")
+	}
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if ip := net.ParseIP(host); err != nil || host == "" || ip != nil && ip.IsUnspecified() {
+		return ""
+	}
+	return "http://" + cfg.Listen
+}
 
 // storeName names the job store for logs, without secrets.
 func storeName(storeURL string) string {

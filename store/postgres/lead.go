@@ -20,8 +20,12 @@ const (
 
 // LeadOptions tunes Lead; zero values mean the defaults.
 type LeadOptions struct {
-	// Holder names this replica in the leader row and in logs.
-	Holder string
+	// Holder names this replica in the leader row and in logs; URL is where it serves the
+	// API, for standbys to pass requests on to ("" when it cannot be reached from them).
+	Holder, URL string
+	// Waiting, when set, is called at every try while another replica leads, with the
+	// leader's URL ("" when it gave none, or the store does not answer).
+	Waiting func(leaderURL string)
 	// Poll is how often a standby tries to take the lead; Check how often the leader checks
 	// that it still holds it.
 	Poll, Check time.Duration
@@ -97,12 +101,17 @@ func (s *Store) Lead(ctx context.Context, o LeadOptions) (*Lease, error) {
 		if got {
 			break
 		}
-		if err == nil && !waiting {
-			var holder string
+		var holder, url string
+		if err == nil {
 			var since time.Time
-			_ = conn.QueryRow(ctx, `SELECT holder, since FROM leader WHERE id = 1`).Scan(&holder, &since)
-			log.Info("standing by: another replica leads", "leader", holder, "since", since)
-			waiting = true
+			_ = conn.QueryRow(ctx, `SELECT holder, url, since FROM leader WHERE id = 1`).Scan(&holder, &url, &since)
+			if !waiting {
+				log.Info("standing by: another replica leads", "leader", holder, "leader_url", url, "since", since)
+				waiting = true
+			}
+		}
+		if o.Waiting != nil {
+			o.Waiting(url)
 		}
 		select {
 		case <-ctx.Done():
@@ -112,8 +121,8 @@ func (s *Store) Lead(ctx context.Context, o LeadOptions) (*Lease, error) {
 		}
 	}
 	var epoch int64
-	err := conn.QueryRow(ctx, `UPDATE leader SET epoch = epoch + 1, holder = $1, since = now() WHERE id = 1 RETURNING epoch`,
-		o.Holder).Scan(&epoch)
+	err := conn.QueryRow(ctx, `UPDATE leader SET epoch = epoch + 1, holder = $1, url = $2, since = now() WHERE id = 1 RETURNING epoch`,
+		o.Holder, o.URL).Scan(&epoch)
 	if err != nil {
 		conn.Close(context.WithoutCancel(ctx))
 		return nil, job.Wrap(job.CodeUnavailable, err, "lead: take the leader row")
