@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -75,5 +77,25 @@ func TestWorkersDirUnderAWorldWritableDirIsRefused(t *testing.T) {
 	err := makeWorkersDir(filepath.Join(open, "workers"), false)
 	if err == nil || !strings.Contains(err.Error(), open) || !strings.Contains(err.Error(), "not under /tmp") {
 		t.Fatalf("err = %v, want a refusal naming %s", err, open)
+	}
+}
+
+// A second serve on the same data dir and address is told that the data dir is in use, by
+// whom, before it tries the address (which would only say that the port is taken).
+func TestSecondServeNamesTheDataDirHolder(t *testing.T) {
+	dir := filepath.Join(testenv.SSHDDir(t, "datadir-"), "data")
+	release, err := prepareDataDir(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	err = serve(context.Background(), []string{"--data-dir", dir, "--listen", ln.Addr().String()}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "in use by another understudy-train serve (pid "+strconv.Itoa(os.Getpid())+")") {
+		t.Fatalf("second serve: %v, want the data dir's holder named", err)
 	}
 }

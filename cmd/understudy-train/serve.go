@@ -258,6 +258,32 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("resolve data dir: %w", err)
 	}
+	// The job store. SQLite lives in the data dir, which one process holds. On PostgreSQL,
+	// a replica stands by until it leads; only then does it take the data dir, which the
+	// replicas share (the jobs' keys and dataset copies are there).
+	var st store.Store
+	var pg *postgres.Store
+	if cfg.StoreURL == "" {
+		release, err := prepareDataDir(dataDir, log)
+		if err != nil {
+			return err
+		}
+		defer release()
+		sq, err := sqlite.Open(ctx, filepath.Join(dataDir, "jobs.db"))
+		if err != nil {
+			return err
+		}
+		st = sq
+		defer sq.Close()
+	} else {
+		var err error
+		if pg, err = postgres.Open(ctx, cfg.StoreURL); err != nil {
+			return err
+		}
+		st = pg
+		defer pg.Close()
+	}
+
 	// The API's listener. On a shared store it answers as a standby (api.Standby) until this
 	// replica leads; otherwise it serves once the driver has started.
 	var handler atomic.Pointer[http.Handler]
@@ -288,29 +314,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	host, _ := os.Hostname()
 	owner := fmt.Sprintf("%s-%d", host, os.Getpid())
 
-	// The job store. SQLite lives in the data dir, which one process holds. On PostgreSQL,
-	// a replica stands by until it leads; only then does it take the data dir, which the
-	// replicas share (the jobs' keys and dataset copies are there).
-	var st store.Store
-	if cfg.StoreURL == "" {
-		release, err := prepareDataDir(dataDir, log)
-		if err != nil {
-			return err
-		}
-		defer release()
-		sq, err := sqlite.Open(ctx, filepath.Join(dataDir, "jobs.db"))
-		if err != nil {
-			return err
-		}
-		st = sq
-		defer sq.Close()
-	} else {
-		pg, err := postgres.Open(ctx, cfg.StoreURL)
-		if err != nil {
-			return err
-		}
-		st = pg
-		defer pg.Close()
+	if pg != nil {
 		serve()
 		fmt.Fprintf(stdout, "understudy-train on http://%s: waiting to lead the job store\n", ln.Addr())
 		lease, err := pg.Lead(runCtx, postgres.LeadOptions{Holder: owner, URL: advertiseURL(cfg), Logger: log,
@@ -338,6 +342,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		defer release()
 	}
+
 	token, err := apiToken(cfg.TokenFile, dataDir, log)
 	if err != nil {
 		return err
