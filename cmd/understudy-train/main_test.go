@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,6 +73,25 @@ func TestAdvertiseURL(t *testing.T) {
 	} {
 		if got := advertiseURL(Config{Listen: tc.listen, AdvertiseURL: tc.flag}); got != tc.want {
 			t.Errorf("listen %s, flag %q: %q, want %q", tc.listen, tc.flag, got, tc.want)
+		}
+	}
+}
+
+// Port 0 listens on a free port, which the derived URLs then name; the host stays as given.
+func TestListeningOnPortZero(t *testing.T) {
+	picked := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 41234}
+	for _, tc := range []struct{ listen, want string }{
+		{"127.0.0.1:0", "127.0.0.1:41234"},
+		{"localhost:0", "localhost:41234"},
+		{":0", ":41234"},
+		{"127.0.0.1:8080", "127.0.0.1:8080"},
+	} {
+		got := listening(tc.listen, picked)
+		if got != tc.want {
+			t.Errorf("listen %s: %q, want %q", tc.listen, got, tc.want)
+		}
+		if tc.listen == "127.0.0.1:0" && advertiseURL(Config{Listen: got}) != "http://127.0.0.1:41234" {
+			t.Errorf("advertised %q", advertiseURL(Config{Listen: got}))
 		}
 	}
 }

@@ -171,7 +171,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(fs.Output(), "usage: understudy-train serve [flags]\n\nRun the service: the REST API, the dashboard and the jobs' drivers.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&cfg.Listen, "listen", envOr("UNDERSTUDY_LISTEN", "127.0.0.1:8080"), "address to listen on")
+	fs.StringVar(&cfg.Listen, "listen", envOr("UNDERSTUDY_LISTEN", "127.0.0.1:8080"), "address to listen on (port 0: a free port, named on stdout)")
 	fs.StringVar(&cfg.DataDir, "data-dir", envOr("UNDERSTUDY_DATA_DIR", "./.understudy"), "directory for the job store, Pulumi state, weights and per-job keys")
 	fs.StringVar(&cfg.StoreURL, "store-url", os.Getenv("UNDERSTUDY_STORE_URL"), "job store: a postgres://user@host:port/database URL that several replicas share (password from $PGPASSWORD or $PGPASSFILE, never the URL) (default: SQLite in the data dir)")
 	fs.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("UNDERSTUDY_ADVERTISE_URL"), "with --store-url: the URL at which the other replicas reach this one's API while it leads, to pass requests on (default http://<listen>, unless its host is a wildcard)")
@@ -300,6 +300,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	defer ln.Close()
+	cfg.Listen = listening(cfg.Listen, ln.Addr())
 	errc := make(chan error, 1)
 	serving := false
 	serve := func() {
@@ -532,6 +533,22 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errLostLead
 	}
 	return err
+}
+
+// listening is the listen address with the port the listener has: port 0 picks a free
+// one, and the defaults derived from the listen address (the public and advertised URLs)
+// must name the one picked, as the lines on stdout do. The host is kept as given (a name,
+// or a wildcard that the advertised URL refuses).
+func listening(listen string, got net.Addr) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil || port != "0" {
+		return listen
+	}
+	_, picked, err := net.SplitHostPort(got.String())
+	if err != nil {
+		return listen
+	}
+	return net.JoinHostPort(host, picked)
 }
 
 // errLostLead ends serve when this replica lost the lead of the shared job store: its

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -196,4 +197,14 @@ func (f *Fake) Stop() {
 		f.t.Logf("fake %s log:\n%s", f.Provider, f.log)
 	}
 	f.cmd = nil
+}
+
+// freePort is a loopback address whose port was free a moment ago.
+func freePort(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

@@ -10,14 +10,15 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,7 +96,11 @@ type Service struct {
 	bin    string
 	python string
 	cmd    *exec.Cmd
-	log    *bytes.Buffer
+	log    *syncBuffer
+	// exited is closed when the process of the latest spawn has ended; bound when that
+	// process has named the address it listens on (on stdout).
+	exited chan struct{}
+	bound  chan struct{}
 }
 
 // Running reports whether the serve process is up, and its pid.
@@ -198,29 +203,24 @@ func tinyModelRoot() string {
 	return filepath.Dir(envOr("UNDERSTUDY_TINY_MODEL", filepath.Join(repoRoot(), "build", "tiny-gpt2")))
 }
 
-func freePort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func (s *Service) Start() {
 	s.t.Helper()
 	s.spawn()
 	s.WaitReady(60 * time.Second)
 }
 
-// spawn starts the serve process.
+// spawn starts the serve process. The first start listens on a port the service picks
+// itself (--listen 127.0.0.1:0), learnt from its stdout, so that no other process can take
+// the port between its choice and its use; a restart listens on the same address again.
 func (s *Service) spawn() {
 	s.t.Helper()
-	if s.Addr == "" {
-		s.Addr = freePort(s.t)
+	listen := s.Addr
+	if listen == "" {
+		listen = "127.0.0.1:0"
 	}
-	s.log = &bytes.Buffer{}
-	args := append([]string{"serve", "--listen", s.Addr, "--data-dir", s.Data, "--local-workers-dir", s.Workers, "--hub-check=false"}, s.Args...)
+	s.log = &syncBuffer{}
+	addr := make(chan string, 1)
+	args := append([]string{"serve", "--listen", listen, "--data-dir", s.Data, "--local-workers-dir", s.Workers, "--hub-check=false"}, s.Args...)
 	if s.BackendURL != "" {
 		args = append(args, "--backend-url", s.BackendURL)
 	}
@@ -239,20 +239,51 @@ func (s *Service) spawn() {
 		cmd.Env = append(cmd.Env, "HOME="+s.Data, "USER="+s.User.Username, "LOGNAME="+s.User.Username)
 		cmd.Dir = s.Data
 	}
-	cmd.Stdout = s.log
+	cmd.Stdout = &addrWatch{log: s.log, found: addr}
 	cmd.Stderr = s.log
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
 	s.cmd = cmd
+	exited, bound := make(chan struct{}), make(chan struct{})
+	s.exited, s.bound = exited, bound
+	go func() { cmd.Wait(); close(exited) }()
+	var got string // set before bound is closed
+	fresh := s.Addr == ""
+	go func() {
+		select {
+		case got = <-addr:
+			if fresh || got == listen {
+				close(bound)
+			}
+		case <-exited:
+		}
+	}()
+	if fresh {
+		select {
+		case <-bound:
+			s.Addr = got
+		case <-exited:
+			s.t.Fatalf("the service exited before it listened:\n%s", s.log)
+		case <-time.After(90 * time.Second):
+			s.t.Fatalf("the service did not name its address within 90s:\n%s", s.log)
+		}
+	}
 }
 
-// WaitReady waits until /readyz answers 200.
+// WaitReady waits until this process has named its address and /readyz answers 200 there.
+// It fails at once if the process exits (so a restart that could not listen on its
+// address again is told, not mistaken for another service answering there).
 func (s *Service) WaitReady(timeout time.Duration) {
 	s.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		resp, err := http.Get("http://" + s.Addr + "/readyz")
+		select {
+		case <-s.exited:
+			s.t.Fatalf("the service exited before it was ready:\n%s", s.log)
+		default:
+		}
+		resp, err := s.get("/readyz")
 		if err == nil {
 			raw, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -292,7 +323,12 @@ func (s *Service) StartStandby() {
 	s.spawn()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get("http://" + s.Addr + "/healthz")
+		select {
+		case <-s.exited:
+			s.t.Fatalf("the replica exited before it stood by:\n%s", s.log)
+		default:
+		}
+		resp, err := s.get("/healthz")
 		if err == nil {
 			var h struct{ Role string }
 			json.NewDecoder(resp.Body).Decode(&h)
@@ -312,10 +348,8 @@ func (s *Service) StartStandby() {
 // status and its output.
 func (s *Service) WaitExit(timeout time.Duration) (int, string) {
 	s.t.Helper()
-	done := make(chan struct{})
-	go func() { s.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-s.exited:
 	case <-time.After(timeout):
 		s.t.Fatalf("the service did not exit within %v:\n%s", timeout, s.log)
 	}
@@ -327,7 +361,7 @@ func (s *Service) WaitExit(timeout time.Duration) (int, string) {
 // Kill ends the service abruptly, as a crash would.
 func (s *Service) Kill() {
 	s.cmd.Process.Signal(syscall.SIGKILL)
-	s.cmd.Wait()
+	<-s.exited
 	s.cmd = nil
 }
 
@@ -336,20 +370,84 @@ func (s *Service) Stop() {
 	if s.cmd == nil {
 		return
 	}
-	terminate(s.cmd, 60*time.Second)
+	signalWait(s.cmd, s.exited, 60*time.Second)
 	s.cmd = nil
 }
 
 // terminate sends cmd SIGTERM and waits for it to end, killing it after grace.
 func terminate(cmd *exec.Cmd, grace time.Duration) {
-	cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
+	signalWait(cmd, done, grace)
+}
+
+// signalWait sends cmd SIGTERM and waits until exited is closed, killing it after grace.
+func signalWait(cmd *exec.Cmd, exited <-chan struct{}, grace time.Duration) {
+	cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-done:
+	case <-exited:
 	case <-time.After(grace):
 		cmd.Process.Kill()
-		<-done
+		<-exited
+	}
+}
+
+// get asks this process, once it has named its address, for path; before that it fails
+// as a refused connection would.
+func (s *Service) get(path string) (*http.Response, error) {
+	select {
+	case <-s.bound:
+		return http.Get("http://" + s.Addr + path)
+	default:
+		return nil, errNotBound
+	}
+}
+
+var errNotBound = errors.New("the service has not named its address yet")
+
+// syncBuffer is a bytes.Buffer that the process's output and the test may use at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// addrWatch copies the service's stdout to log and sends, once, the address named by the
+// first line saying where it serves or stands by ("understudy-train serving on http://ADDR
+// (…)", "understudy-train on http://ADDR: waiting to lead …").
+type addrWatch struct {
+	log   *syncBuffer
+	found chan<- string
+	line  []byte
+	sent  bool
+}
+
+var servingLine = regexp.MustCompile(`^understudy-train (?:serving )?on http://([^\s/]+?):?(?:\s|$)`)
+
+func (w *addrWatch) Write(p []byte) (int, error) {
+	w.log.Write(p)
+	w.line = append(w.line, p...)
+	for {
+		i := bytes.IndexByte(w.line, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		if m := servingLine.FindSubmatch(w.line[:i]); m != nil && !w.sent {
+			w.sent = true
+			w.found <- string(m[1])
+		}
+		w.line = w.line[i+1:]
 	}
 }
 
