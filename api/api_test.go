@@ -221,7 +221,7 @@ func TestStartStatusCancel(t *testing.T) {
 		t.Fatalf("log stream events: %v", events)
 	}
 	code, out = e.do(t, "GET", "/api/v1/training/t1/status", token, "")
-	if out["status"] != "cancelled" {
+	if code != http.StatusOK || out["status"] != "cancelled" {
 		t.Fatalf("after cancel: %v", out)
 	}
 	code, out = e.do(t, "POST", "/api/v1/training/t1/cancel", token, "")

@@ -57,8 +57,7 @@ func (b *pairsBody) Read(p []byte) (int, error) {
 // heapService measures the live heap when Submit is called, after the body was read.
 type heapService struct {
 	api.Service
-	heap  uint64
-	pairs int
+	heap uint64
 }
 
 func liveHeap() uint64 {

@@ -251,9 +251,9 @@ func TestRestartResumesTraining(t *testing.T) {
 	// Let the first line be recorded before the "crash".
 	time.Sleep(1500 * time.Millisecond)
 	h.restart(Config{Owner: "second"})
-	j := h.waitFor("resume", job.StatusTraining)
+	h.waitFor("resume", job.StatusTraining)
 	close(h.conn.hold)
-	j = h.waitFor("resume", job.StatusCompleted)
+	j := h.waitFor("resume", job.StatusCompleted)
 	if h.conn.started != 1 {
 		t.Fatalf("the run was started %d times, want once", h.conn.started)
 	}
