@@ -1,6 +1,5 @@
 """One training run: data, model, the optimizer loop, checkpoints, evaluation and output."""
 
-import contextlib
 import hashlib
 import json
 import math
