@@ -8,3 +8,6 @@ func (l *Lease) Setting(ctx context.Context, name string) (string, error) {
 	err := l.conn.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v)
 	return v, err
 }
+
+// CheckVersion is checkVersion, for the external tests.
+var CheckVersion = checkVersion

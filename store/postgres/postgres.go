@@ -108,12 +108,37 @@ func Open(ctx context.Context, rawURL string) (*Store, error) {
 		db.Close()
 		return nil, job.Wrap(job.CodeUnavailable, err, "open store %s", redact(rawURL))
 	}
+	var version int
+	if err := db.QueryRowContext(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		db.Close()
+		return nil, job.Wrap(job.CodeUnavailable, err, "open store %s", redact(rawURL))
+	}
+	if err := checkVersion(version); err != nil {
+		db.Close()
+		return nil, job.Wrap(job.CodeFailedPrecondition, err, "open store %s", redact(rawURL))
+	}
 	s := &Store{db: db, connConfig: cfg}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// minVersion is the oldest PostgreSQL the store runs on (server_version_num): 12, as the
+// operations guide promises (the log append's lock needs 11's hashtextextended).
+const minVersion = 120000
+
+// checkVersion refuses a server older than minVersion, naming both.
+func checkVersion(num int) error {
+	if num >= minVersion {
+		return nil
+	}
+	major := num / 10000
+	if num < 100000 { // before 10: major.minor
+		return fmt.Errorf("PostgreSQL %d.%d is too old: the job store needs 12 or newer", major, num/100%100)
+	}
+	return fmt.Errorf("PostgreSQL %d is too old: the job store needs 12 or newer", major)
 }
 
 func (s *Store) migrate(ctx context.Context) error {

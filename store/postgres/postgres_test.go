@@ -89,6 +89,23 @@ func TestOpenUnreachable(t *testing.T) {
 	}
 }
 
+// Servers older than 12 are refused, naming their version; the test server (15) and
+// later ones are taken (Open against the real server is every other test here).
+func TestServerVersion(t *testing.T) {
+	for num, want := range map[int]string{
+		90624:  "PostgreSQL 9.6 is too old",
+		110022: "PostgreSQL 11 is too old",
+		120000: "",
+		150010: "",
+		180001: "",
+	} {
+		err := postgres.CheckVersion(num)
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "12 or newer")) {
+			t.Errorf("server_version_num %d: %v, want %q", num, err, want)
+		}
+	}
+}
+
 // Replicas starting together migrate one after another; none fails.
 func TestConcurrentMigrations(t *testing.T) {
 	u := newDB(t)
