@@ -236,7 +236,9 @@ func stackNameFor(trainID string) (string, error) {
 }
 
 // Up creates or updates the job's stack from spec and returns its outputs. log receives
-// the engine's progress, one line at a time; it may be nil.
+// the engine's progress, one line at a time; it may be nil. Up returns as soon as the
+// machine is reported, while the update goes on recording it: log may still be called
+// after Up has returned, from another goroutine.
 func (m *Manager) Up(ctx context.Context, spec programs.Spec, log func(line string)) (programs.Outputs, error) {
 	prog, err := programs.For(spec.Provider)
 	if err != nil {
