@@ -232,8 +232,10 @@ def _relaunch_distributed(argv, n, out_fd):
     with tempfile.TemporaryDirectory(prefix="understudy-") as tmp:
         exit_file = os.path.join(tmp, "exit_code")
         env = dict(os.environ, **{EXIT_FILE_ENV: exit_file, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")})
+        # The agent's log dir goes in tmp, which is removed after the run; by default the
+        # agent makes one under the system's temp dir and leaves it there.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "understudy_trainer", *argv]
+               "--log-dir", os.path.join(tmp, "torchrun"), "-m", "understudy_trainer", *argv]
         print(f"launching {n} processes: {' '.join(cmd)}", file=sys.stderr)
         child = subprocess.Popen(cmd, env=env, stdout=out_fd, stderr=sys.stderr, start_new_session=True,
                                  preexec_fn=_die_with_parent)
